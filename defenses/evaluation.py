@@ -1,0 +1,125 @@
+"""Clean accuracy (ACC), attack success rate (ASR), and threshold sweeps.
+
+ASR is measured over the test images whose true label is not the target: the fraction that the
+model puts in the target class once the trigger is stamped on them.
+Sweeps are evaluated on the held-out test split, never on the defender's clean set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+
+import torch
+from torch import nn
+
+from .base import Callback, NullCallback
+from .data import ArraySplit
+from .neurons import NeuronMap, Pruner, count_selected, selection_by_count, selection_by_threshold, standardize
+from .triggers import Trigger
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: ArraySplit, trigger: Trigger | None = None, batch_size: int = 500,
+            device=None) -> torch.Tensor:
+    """Predicted labels for a split (optionally with the trigger stamped on every image)."""
+    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        preds = []
+        for x, _ in split.batches(batch_size):
+            if trigger is not None:
+                x = trigger.apply(x)
+            preds.append(model(x.to(device)).argmax(1).cpu())
+        return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    finally:
+        model.train(was_training)
+
+
+def accuracy(model, split: ArraySplit, **kw) -> float:
+    if len(split) == 0:
+        return float("nan")
+    return float((predict(model, split, **kw) == split.y).float().mean())
+
+
+def asr_split(split: ArraySplit, target: int) -> ArraySplit:
+    """The test images whose true label is not the target."""
+    return split.subset((split.y != target).nonzero().flatten())
+
+
+def attack_success_rate(model, split: ArraySplit, trigger: Trigger, **kw) -> float:
+    victims = asr_split(split, trigger.target)
+    if len(victims) == 0:
+        return float("nan")
+    return float((predict(model, victims, trigger, **kw) == trigger.target).float().mean())
+
+
+def evaluate(model, split: ArraySplit, trigger: Trigger | None = None, **kw) -> dict[str, float]:
+    """{"acc": ..., "asr": ...}; asr is NaN when no trigger is known."""
+    out = {"acc": accuracy(model, split, **kw)}
+    out["asr"] = attack_success_rate(model, split, trigger, **kw) if trigger is not None else float("nan")
+    return out
+
+
+@dataclass
+class SweepRow:
+    threshold: float
+    n_pruned: int
+    acc: float
+    asr: float
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def sweep_scores(scores: dict[str, torch.Tensor], suspicious: str) -> dict[str, torch.Tensor]:
+    """The scores a global sweep cuts: masks as they are (one scale, [0, 1]); constants, whose
+    scale differs by layer, standardized per layer so the cut is CLP's ``u``."""
+    return scores if suspicious == "low" else standardize(scores)
+
+
+def default_thresholds(suspicious: str, points: int = 20) -> list[float]:
+    """Masks: 0 to 0.95 in steps of 0.05 (the paper's plots). Constants: u from 0 to 4.75 in
+    steps of 0.25 standard deviations above the layer mean."""
+    step = 0.05 if suspicious == "low" else 0.25
+    return [round(step * i, 4) for i in range(points)]
+
+
+def sweep(model: nn.Module, neuron_map: NeuronMap, scores: dict[str, torch.Tensor], suspicious: str,
+          test: ArraySplit, trigger: Trigger | None = None, *, rule: str = "gamma", by: str = "threshold",
+          values: list[float] | None = None, callback: Callback | None = None, device=None,
+          batch_size: int = 500) -> list[SweepRow]:
+    """ACC and ASR of the model pruned at each threshold (``by="threshold"``) or each number of
+    neurons (``by="count"``). For constants (``suspicious="high"``) thresholds are ``u`` values on
+    per-layer standardized scores (see :func:`sweep_scores`). Points whose pruned set equals the previous point's reuse its
+    evaluation, so a sweep never costs more than the distinct pruned models it contains."""
+    callback = callback or NullCallback()
+    scores = sweep_scores(scores, suspicious)
+    if by == "threshold":
+        values = list(values) if values is not None else default_thresholds(suspicious)
+        select = lambda v: selection_by_threshold(scores, v, suspicious)
+    elif by == "count":
+        total = sum(int(s.numel()) for s in scores.values())
+        values = list(values) if values is not None else sorted({round(total * f / 20) for f in range(0, 11)})
+        select = lambda v: selection_by_count(scores, int(v), suspicious)
+    else:
+        raise ValueError(f"Sweep by 'threshold' or 'count', not {by!r}.")
+    pruner = Pruner(model, neuron_map, device)
+    rows: list[SweepRow] = []
+    cache: dict[bytes, dict] = {}
+    callback.begin(len(values), {"sweep": len(values)})
+    error = None
+    try:
+        for i, v in enumerate(values, 1):
+            sel = select(v)
+            key = b"".join(s.to(torch.uint8).numpy().tobytes() for s in sel.values())
+            if key not in cache:
+                cache[key] = evaluate(pruner.apply(sel, rule), test, trigger, batch_size=batch_size, device=device)
+            m = cache[key]
+            rows.append(SweepRow(float(v), count_selected(sel), m["acc"], m["asr"]))
+            callback.step("sweep", i, len(values), {"acc": m["acc"], "asr": m["asr"]})
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        callback.end(error)
+    return rows
