@@ -1,0 +1,67 @@
+"""Small backdoored (and one clean) models trained by ``python -m sample_models.train`` from a
+fixed seed on the mnist5k digits, with their weights (safetensors) and a catalog of measured
+ACC and ASR. ``load_sample(name)`` is the one call that gives a ready model."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from defenses.checkpoints import load_into
+from defenses.models import build_model
+from defenses.triggers import Trigger, TriggerSpec
+
+HERE = Path(__file__).resolve().parent
+CATALOG_PATH = HERE / "catalog.json"
+
+
+@dataclass
+class Sample:
+    name: str
+    model: nn.Module
+    entry: dict
+    spec: TriggerSpec | None  # the trigger used (for the clean control: the probe trigger)
+    trigger: Trigger | None
+
+    @property
+    def backdoored(self) -> bool:
+        return self.entry["attack"] != "none"
+
+
+@lru_cache(maxsize=1)
+def _catalog_cached(mtime: float) -> dict[str, dict]:
+    return json.loads(CATALOG_PATH.read_text())
+
+
+def catalog() -> dict[str, dict]:
+    """Every sample's recipe and measured numbers, by name."""
+    if not CATALOG_PATH.exists():
+        return {}
+    return _catalog_cached(CATALOG_PATH.stat().st_mtime)
+
+
+def sample_names() -> list[str]:
+    return list(catalog())
+
+
+def build_sample_model(entry: dict) -> nn.Module:
+    c, h, _ = entry["input_shape"]
+    return build_model(entry["architecture"], entry["num_classes"], c, h, **entry.get("arch_kwargs", {}))
+
+
+def load_sample(name: str, device: str | torch.device = "cpu") -> Sample:
+    """A shipped sample model in eval mode, with its trigger."""
+    cat = catalog()
+    if name not in cat:
+        raise KeyError(f"No sample model {name!r}; choose one of {', '.join(cat) or '(none trained yet)'}.")
+    entry = cat[name]
+    model = build_sample_model(entry)
+    load_into(model, HERE / entry["weights"])
+    model.to(device).eval()
+    spec = TriggerSpec.from_dict(entry["trigger"]) if entry.get("trigger") else None
+    trigger = spec.build(tuple(entry["input_shape"])) if spec else None
+    return Sample(name, model, entry, spec, trigger)

@@ -1,0 +1,122 @@
+"""Train the shipped sample models from a fixed seed and write their weights and catalog.
+
+    python -m sample_models.train            # all samples
+    python -m sample_models.train cnn_badnets
+
+Each recipe poisons 10% of the mnist5k training split (stamp the trigger, relabel to the
+target, 0 unless stated), trains, and measures ACC and ASR on the held-out test split. The
+frozen-extractor sample reuses the clean control's convolutional trunk, frozen, and trains only
+an MLP head on poisoned data (the Hölder-pruning threat model).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from defenses.checkpoints import save_safetensors
+from defenses.data import ArraySplit, load_dataset
+from defenses.evaluation import evaluate
+from defenses.models import build_model
+from defenses.triggers import TriggerSpec, poison
+
+from . import CATALOG_PATH, HERE, build_sample_model, catalog
+
+BADNETS = TriggerSpec(kind="badnets", target=0, size=4, position="bottom_right", color=1.0)
+BLEND = TriggerSpec(kind="blend", target=0, alpha=0.2, seed=0)
+
+RECIPES = {
+    "cnn_badnets": dict(title="BN CNN + BadNets", architecture="cnn", arch_kwargs={"width": 16, "hidden": 64},
+                        attack="badnets", trigger=BADNETS, poison_rate=0.1, epochs=12),
+    "cnn_blend": dict(title="BN CNN + Blend", architecture="cnn", arch_kwargs={"width": 16, "hidden": 64},
+                      attack="blend", trigger=BLEND, poison_rate=0.1, epochs=12),
+    "resnet_badnets": dict(title="PreAct-ResNet-18 (width 1/8) + BadNets", architecture="preact_resnet18",
+                           arch_kwargs={"width": 0.125}, attack="badnets", trigger=BADNETS, poison_rate=0.1, epochs=12),
+    "cnn_clean": dict(title="BN CNN, clean control", architecture="cnn", arch_kwargs={"width": 16, "hidden": 64},
+                      attack="none", trigger=BADNETS, poison_rate=0.0, epochs=12),
+    "mlp_head_badnets": dict(title="Frozen clean CNN extractor + MLP head + BadNets", architecture="mlp_head",
+                             arch_kwargs={"width": 16, "hidden": [128, 64]}, attack="badnets", trigger=BADNETS,
+                             poison_rate=0.1, epochs=20, extractor_from="cnn_clean"),
+}
+SEED = 0
+
+
+def poisoned_train_split(train: ArraySplit, spec: TriggerSpec, rate: float, seed: int) -> ArraySplit:
+    x, y = train.images(), train.y
+    if rate > 0:
+        x, y, _ = poison(x, y, spec.build(tuple(train.x.shape[1:])), rate, seed)
+    return ArraySplit((x * 255).round().clamp(0, 255).to(torch.uint8), y)
+
+
+def train_model(model, split: ArraySplit, epochs: int, seed: int, lr: float = 2e-3, batch_size: int = 64):
+    g = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * -(-len(split) // batch_size))
+    model.train()
+    for epoch in range(epochs):
+        total, correct, loss_sum = 0, 0, 0.0
+        for x, y in split.batches(batch_size, shuffle=True, generator=g):
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item() * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            total += len(y)
+        print(f"  epoch {epoch + 1}/{epochs} loss {loss_sum / total:.4f} train acc {correct / total:.4f}", flush=True)
+    model.eval()
+    return model
+
+
+def train_sample(name: str, entries: dict) -> dict:
+    recipe = RECIPES[name]
+    torch.manual_seed(SEED)
+    data = load_dataset("mnist5k", seed=SEED)
+    spec: TriggerSpec = recipe["trigger"]
+    entry = {
+        "name": name, "title": recipe["title"], "architecture": recipe["architecture"],
+        "arch_kwargs": recipe["arch_kwargs"], "dataset": "mnist5k", "attack": recipe["attack"],
+        "trigger": spec.to_dict(), "target": spec.target, "poison_rate": recipe["poison_rate"], "seed": SEED,
+        "epochs": recipe["epochs"], "num_classes": data.num_classes, "input_shape": list(data.shape),
+        "weights": f"weights/{name}.safetensors",
+    }
+    model = build_sample_model(entry)
+    if recipe.get("extractor_from"):
+        donor_entry = entries[recipe["extractor_from"]]
+        donor = build_sample_model(donor_entry)
+        from defenses.checkpoints import load_into
+
+        load_into(donor, HERE / donor_entry["weights"])
+        model.extractor.load_state_dict(donor.features.state_dict())
+        model.extractor.requires_grad_(False)
+        entry["extractor_from"] = recipe["extractor_from"]
+    train = poisoned_train_split(data.train, spec, recipe["poison_rate"], SEED)
+    t0 = time.time()
+    train_model(model, train, recipe["epochs"], SEED)
+    metrics = evaluate(model, data.test, spec.build(data.shape))
+    entry.update(acc=round(metrics["acc"], 4), asr=round(metrics["asr"], 4), train_seconds=round(time.time() - t0, 1))
+    (HERE / "weights").mkdir(exist_ok=True)
+    save_safetensors(model, str(HERE / entry["weights"]), {"sample": name})
+    print(f"{name}: ACC {entry['acc']:.4f} ASR {entry['asr']:.4f} ({entry['train_seconds']} s)", flush=True)
+    return entry
+
+
+def main(argv=None):
+    names = (argv if argv is not None else sys.argv[1:]) or list(RECIPES)
+    entries = dict(catalog())
+    for name in names:
+        entries[name] = train_sample(name, entries)
+    ordered = {n: entries[n] for n in RECIPES if n in entries}
+    tmp = CATALOG_PATH.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ordered, indent=2) + "\n")
+    tmp.replace(CATALOG_PATH)
+
+
+if __name__ == "__main__":
+    main()
