@@ -234,6 +234,24 @@ def _load_all():
                 raise
 
 
+MIN_CLEAN = 10
+
+
+def check_clean_data(clean_data, defense: str, minimum: int = MIN_CLEAN):
+    """Refuse a clean set a defense cannot learn from, in one sentence."""
+    from .data import DataError
+
+    n = 0 if clean_data is None else len(clean_data)
+    if n < minimum:
+        raise DataError(f"{defense} needs a clean set of at least {minimum} labelled images (about 500 is usual), "
+                        f"but got {n}; choose a larger clean count or fraction.")
+
+
+def log_every(total: int, points: int = 200) -> int:
+    """Keep about ``points`` entries of a per-step log, whatever the number of steps."""
+    return max(1, total // points)
+
+
 def resolve_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
     """The device to run on: the one asked for, else the model's own (torchattacks' rule)."""
     if device is not None:

@@ -129,7 +129,10 @@ def fit_report(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
     if not parts:
         return None
     last = _last_linear(model)
-    hint = " (the number of classes looks different)" if last and any(w.startswith(f"{last}.") for w in wrong) else ""
+    key = f"{last}.weight"
+    classes_differ = bool(last) and key in state and key in expected and state[key].shape[0] != expected[key].shape[0]
+    hint = (f" (the file has {state[key].shape[0]} classes, the model {expected[key].shape[0]})"
+            if classes_differ else "")
     return f"The checkpoint does not fit this architecture{hint}: " + "; ".join(parts) + "."
 
 

@@ -113,6 +113,8 @@ def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator | No
 def to_uint8_nchw(x: np.ndarray) -> torch.Tensor:
     """Accept NHW, NCHW or NHWC arrays, uint8 or float in [0, 1]; return uint8 NCHW."""
     x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating) or x.dtype == np.bool_):
+        raise DataError(f"Image arrays must hold numbers, got {x.dtype} values.")
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4:
@@ -135,11 +137,15 @@ def split_clean(pool: ArraySplit, count: int | None = None, fraction: float | No
     return (clean, rest)."""
     n = len(pool)
     if fraction is not None:
-        if not 0 < fraction <= 1:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.integer, np.floating)) \
+                or not 0 < fraction <= 1:
             raise DataError(f"The clean fraction must be in (0, 1], got {fraction}.")
         count = max(1, int(round(fraction * n)))
     if count is None:
         count = 500
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+        raise DataError(f"The clean count must be a whole number of images, got {count!r}.")
+    count = int(count)
     if not 0 < count <= n:
         raise DataError(f"Asked for {count} clean images but the pool has {n}.")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -168,21 +174,60 @@ def load_mnist5k(seed: int = 0) -> DataBundle:
     )
 
 
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _npz_labels(y: np.ndarray, path: str, key: str, n: int) -> torch.Tensor:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{path}: {key} must hold one label per image ({n}), got shape {y.shape}.")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == np.bool_):
+        raise DataError(f"{path}: {key} must hold whole-number class labels, got {y.dtype} values.")
+    if len(y) and (not np.isfinite(y.astype(np.float64)).all() or (y.astype(np.float64) % 1 != 0).any()
+                   or y.min() < 0):
+        raise DataError(f"{path}: {key} must hold whole-number class labels from 0 up.")
+    return torch.from_numpy(y.astype(np.int64))
+
+
 def load_npz(path: str, clean_count: int | None = 500, clean_fraction: float | None = None,
              seed: int = 0) -> DataBundle:
     """Arrays x_train, y_train, x_test, y_test; the clean set is drawn from the training arrays."""
+    import zipfile
+
+    if not path:
+        raise DataError("The npz dataset needs a path, as in npz:/data/my_data.npz.")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
-            if missing:
-                raise DataError(f"{path} lacks the arrays {', '.join(missing)}; it needs x_train, y_train, x_test, y_test.")
-            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+        f = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"No dataset file at {path}.") from None
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path} is not a readable .npz archive ({e}).") from None
-    train = ArraySplit(to_uint8_nchw(arrays["x_train"]), torch.from_numpy(arrays["y_train"].astype(np.int64)))
-    test = ArraySplit(to_uint8_nchw(arrays["x_test"]), torch.from_numpy(arrays["y_test"].astype(np.int64)))
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder; npz:PATH needs an .npz archive (use folder:PATH for image folders).") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        raise DataError(f"{path} is not a readable .npz archive; save one with numpy.savez holding "
+                        f"x_train, y_train, x_test, y_test.") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} holds a single array, not an .npz archive with x_train, y_train, x_test, y_test.")
+    with f:
+        missing = [k for k in NPZ_ARRAYS if k not in f.files]
+        if missing:
+            raise DataError(f"{path} lacks the arrays {', '.join(missing)}; it needs x_train, y_train, x_test, y_test.")
+        try:
+            arrays = {k: f[k] for k in NPZ_ARRAYS}
+        except Exception:  # a damaged member, or an object array (allow_pickle=False)
+            raise DataError(f"{path} is damaged or holds arrays that are not plain numbers; save it again with "
+                            f"numpy.savez.") from None
+    splits = {}
+    for part in ("train", "test"):
+        x = arrays[f"x_{part}"]
+        if x.ndim == 0 or len(x) == 0:
+            raise DataError(f"{path}: x_{part} holds no images.")
+        splits[part] = ArraySplit(to_uint8_nchw(x), _npz_labels(arrays[f"y_{part}"], path, f"y_{part}", len(x)))
+    train, test = splits["train"], splits["test"]
+    if train.x.shape[1:] != test.x.shape[1:]:
+        raise DataError(f"{path}: the training images are {tuple(train.x.shape[1:])} but the test images are "
+                        f"{tuple(test.x.shape[1:])}.")
     clean, rest = split_clean(train, clean_count if clean_fraction is None else None, clean_fraction, seed)
     num_classes = int(max(train.y.max(), test.y.max())) + 1
     augment = "crop_flip" if train.x.shape[1] == 3 else "none"

@@ -29,16 +29,16 @@ BADNETS = TriggerSpec(kind="badnets", target=0, size=4, position="bottom_right",
 BLEND = TriggerSpec(kind="blend", target=0, alpha=0.2, seed=0)
 
 RECIPES = {
-    "cnn_badnets": dict(title="BN CNN + BadNets", architecture="cnn", arch_kwargs={"width": 16, "hidden": 64},
+    "cnn_badnets": dict(title="BN CNN + BadNets", architecture="cnn", arch_kwargs={"width": 32, "hidden": 128},
                         attack="badnets", trigger=BADNETS, poison_rate=0.1, epochs=12),
-    "cnn_blend": dict(title="BN CNN + Blend", architecture="cnn", arch_kwargs={"width": 16, "hidden": 64},
+    "cnn_blend": dict(title="BN CNN + Blend", architecture="cnn", arch_kwargs={"width": 32, "hidden": 128},
                       attack="blend", trigger=BLEND, poison_rate=0.1, epochs=12),
-    "resnet_badnets": dict(title="PreAct-ResNet-18 (width 1/8) + BadNets", architecture="preact_resnet18",
-                           arch_kwargs={"width": 0.125}, attack="badnets", trigger=BADNETS, poison_rate=0.1, epochs=12),
-    "cnn_clean": dict(title="BN CNN, clean control", architecture="cnn", arch_kwargs={"width": 16, "hidden": 64},
+    "resnet_badnets": dict(title="PreAct-ResNet-18 (width 1/4) + BadNets", architecture="preact_resnet18",
+                           arch_kwargs={"width": 0.25}, attack="badnets", trigger=BADNETS, poison_rate=0.1, epochs=12),
+    "cnn_clean": dict(title="BN CNN, clean control", architecture="cnn", arch_kwargs={"width": 32, "hidden": 128},
                       attack="none", trigger=BADNETS, poison_rate=0.0, epochs=12),
     "mlp_head_badnets": dict(title="Frozen clean CNN extractor + MLP head + BadNets", architecture="mlp_head",
-                             arch_kwargs={"width": 16, "hidden": [128, 64]}, attack="badnets", trigger=BADNETS,
+                             arch_kwargs={"width": 32, "hidden": [256, 128]}, attack="badnets", trigger=BADNETS,
                              poison_rate=0.1, epochs=20, extractor_from="cnn_clean"),
 }
 SEED = 0

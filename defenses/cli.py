@@ -1,0 +1,216 @@
+"""The command line: ``prunescope run | list | show | cancel | samples | dashboard``.
+
+    prunescope run --defense anp --model cnn_badnets --set iterations=500
+    prunescope run --defense rnp --arch cnn --checkpoint my.safetensors --dataset mnist5k
+    prunescope dashboard
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .runs import DEFAULT_RUNS_DIR, FINAL, RunRequest, cancel_run, list_runs, read_events, read_json, read_status
+
+
+def _parse_value(text: str):
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _parse_sets(pairs) -> dict:
+    params = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set takes NAME=VALUE, got {pair!r}.")
+        k, v = pair.split("=", 1)
+        params[k.strip()] = _parse_value(v.strip())
+    return params
+
+
+def build_request(args) -> RunRequest:
+    from .base import get_defense
+
+    info = get_defense(args.defense)
+    params = _parse_sets(args.set)
+    if args.model:
+        model = {"sample": args.model}
+    elif args.checkpoint and args.arch:
+        model = {"architecture": args.arch, "checkpoint": os.path.abspath(args.checkpoint),
+                 "arch_kwargs": json.loads(args.arch_kwargs or "{}")}
+        if args.num_classes:
+            model["num_classes"] = args.num_classes
+    else:
+        raise ValueError("Give a sample with --model NAME, or your own weights with --arch ARCH --checkpoint FILE.")
+    data = {"dataset": args.dataset, "seed": args.seed}
+    if args.root:
+        data["root"] = os.path.abspath(args.root)
+    if args.clean_fraction is not None:
+        data["clean_fraction"] = args.clean_fraction
+    else:
+        data["clean_count"] = args.clean_count
+    trigger = json.loads(args.trigger) if args.trigger else None
+    return RunRequest(defense=info.name, params=params, model=model, data=data, trigger=trigger, device=args.device,
+                      recover_triggers=not args.no_trigger_recovery)
+
+
+def follow(run_dir: Path, stream=sys.stderr) -> str:
+    """Show the run's progress with a tqdm bar until it ends; Ctrl-C cancels the run."""
+    from tqdm.auto import tqdm
+
+    seen, bar, stage = 0, None, ""
+    try:
+        while True:
+            for ev in read_events(run_dir, seen):
+                seen += 1
+                if ev["type"] == "begin":
+                    if bar is not None:
+                        bar.close()
+                    bar = tqdm(total=ev["total"], file=stream, dynamic_ncols=True, unit="step")
+                elif ev["type"] == "step" and bar is not None:
+                    bar.n = ev["step"]
+                    shown = {k: f"{v:.3g}" for k, v in list(ev.get("metrics", {}).items())[:3]}
+                    bar.set_postfix(stage=ev["stage"], **shown, refresh=False)
+                    bar.refresh()
+                elif ev["type"] == "stage":
+                    stage = ev["stage"]
+                    bar and bar.set_description(stage)
+                elif ev["type"] == "baseline":
+                    print(f"baseline: ACC {ev['acc']:.4f}  ASR {_fmt(ev['asr'])}", file=stream)
+            status = read_status(run_dir)
+            if status.get("state") in FINAL:
+                break
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        cancel_run(run_dir)
+        print("\ncancelling ...", file=stream)
+        while read_status(run_dir).get("state") not in FINAL:
+            time.sleep(0.2)
+    finally:
+        if bar is not None:
+            bar.close()
+    return read_status(run_dir)["state"]
+
+
+def _fmt(v):
+    return "n/a" if v is None or v != v else f"{v:.4f}"
+
+
+def cmd_run(args) -> int:
+    from .runs import start_run
+
+    request = build_request(args)
+    run_dir = start_run(request, args.runs_dir)
+    print(f"run {run_dir.name} in {run_dir}", file=sys.stderr)
+    if args.detach:
+        print(run_dir)
+        return 0
+    state = follow(run_dir)
+    status = read_status(run_dir)
+    if state != "done":
+        print(f"run {state}: {status.get('error', '')}".rstrip(": "), file=sys.stderr)
+        return 1
+    res = read_json(run_dir / "result.json")
+    b, d = res["baseline"], res["default"]
+    print(f"before: ACC {b['acc']:.4f} ASR {_fmt(b['asr'])}")
+    print(f"after pruning {d['n_pruned']} neurons at the default cut: ACC {d['acc']:.4f} ASR {_fmt(d['asr'])}")
+    print(run_dir)
+    return 0
+
+
+def cmd_list(args) -> int:
+    for r in list_runs(args.runs_dir):
+        st = r["status"]
+        prog = st.get("progress", {})
+        print(f"{r['run_id']:50s} {st.get('state', '?'):9s} {prog.get('stage', '')} {prog.get('step', '')}/{prog.get('total', '')}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    run_dir = Path(args.runs_dir) / args.run_id
+    print(json.dumps({"status": read_status(run_dir), "result": read_json(run_dir / "result.json")}, indent=1))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    ok = cancel_run(Path(args.runs_dir) / args.run_id)
+    print("cancel sent" if ok else "that run is not running", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_samples(args) -> int:
+    from sample_models import catalog
+
+    for name, e in catalog().items():
+        print(f"{name:18s} ACC {e['acc']:.4f} ASR {e['asr']:.4f}  {e['title']}")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    import subprocess
+
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    env = dict(os.environ, PRUNESCOPE_RUNS=os.path.abspath(args.runs_dir))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.address,
+           "--server.port", str(args.port), "--server.headless", "true"]
+    return subprocess.call(cmd, env=env)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prunescope", description="Backdoor neuron-pruning defenses and their dashboard.")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="folder of run folders (default ./runs)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a defense in a worker process and write a run folder")
+    r.add_argument("--defense", required=True, help="anp, rnp, clp or holder")
+    r.add_argument("--model", help="a shipped sample model (see `prunescope samples`)")
+    r.add_argument("--arch", help="architecture name, tv:NAME, or path/to/file.py:ClassName")
+    r.add_argument("--arch-kwargs", help="JSON keyword arguments for the architecture")
+    r.add_argument("--checkpoint", help=".safetensors or .pt state dict")
+    r.add_argument("--num-classes", type=int)
+    r.add_argument("--dataset", default="mnist5k", help="mnist5k, cifar10, mnist, gtsrb, folder:PATH, npz:PATH")
+    r.add_argument("--root", help="local folder of the torchvision dataset")
+    r.add_argument("--clean-count", type=int, default=500)
+    r.add_argument("--clean-fraction", type=float)
+    r.add_argument("--seed", type=int, default=0, help="seed of the data split")
+    r.add_argument("--trigger", help='JSON trigger, e.g. {"kind": "badnets", "size": 3, "target": 0}')
+    r.add_argument("--device", default="auto")
+    r.add_argument("--set", action="append", metavar="NAME=VALUE", help="a defense hyperparameter (repeatable)")
+    r.add_argument("--no-trigger-recovery", action="store_true", help="skip Neural Cleanse after RNP")
+    r.add_argument("--detach", action="store_true", help="start the run and return at once")
+    r.set_defaults(func=cmd_run)
+
+    sub.add_parser("list", help="list runs").set_defaults(func=cmd_list)
+    s = sub.add_parser("show", help="print a run's status and result")
+    s.add_argument("run_id")
+    s.set_defaults(func=cmd_show)
+    c = sub.add_parser("cancel", help="cancel a running run")
+    c.add_argument("run_id")
+    c.set_defaults(func=cmd_cancel)
+    sub.add_parser("samples", help="list the shipped sample models").set_defaults(func=cmd_samples)
+    d = sub.add_parser("dashboard", help="launch the web dashboard")
+    d.add_argument("--port", type=int, default=8501)
+    d.add_argument("--address", default="localhost")
+    d.set_defaults(func=cmd_dashboard)
+    return p
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        from .runs import one_sentence
+
+        print(f"error: {one_sentence(e)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""A tiny network with one planted backdoor neuron, for asserting that a defense finds it.
+
+Images are 1 x 4 x 4 in [0, 1]. Clean task: ten classes given by a fixed random linear teacher
+on the first 15 pixels (ten classes, so that chance is 10% and RNP's 20% stop applies). The last pixel is the trigger pixel: on clean images it stays in [0, 0.2];
+the trigger sets it to 1 and the target label is 0.
+
+Hidden neuron ``PLANTED`` reads only the trigger pixel (weight 10, bias -1) and votes for the
+target (+4 on logit 0, -0.5 on the others). On clean images it fires weakly (up to 1) and the clean
+neurons, trained with it in place, learn to compensate, as in a real backdoored network; a
+triggered image drives it to 9 and flips the prediction. The clean neurons are trained for a
+fraction of a second from a fixed seed; the planted row is never trained, and no clean neuron
+reads the trigger pixel (so they can only compensate the planted neuron's clean firing through
+their biases, not cancel the trigger itself).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from defenses.data import ArraySplit
+
+HIDDEN = 32
+CLASSES = 10
+PLANTED = HIDDEN - 1
+TRIGGER_PIXEL = (3, 3)
+
+
+class TinyNet(nn.Module):
+    def __init__(self, hidden=HIDDEN):
+        super().__init__()
+        self.flat = nn.Flatten()
+        self.fc1 = nn.Linear(16, hidden)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, CLASSES)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(self.flat(x))))
+
+
+def make_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 4, 4, generator=g)
+    x[:, 0, 3, 3] = torch.rand(n, generator=g) * 0.2
+    teacher = torch.randn(15, CLASSES, generator=torch.Generator().manual_seed(1234))
+    flat = x.flatten(1)[:, :15]
+    y = ((flat - 0.5) @ teacher).argmax(1)
+    return x, y
+
+
+def as_split(x, y) -> ArraySplit:
+    return ArraySplit((x * 255).round().to(torch.uint8), y)
+
+
+def stamp(x: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    x[:, 0, 3, 3] = 1.0
+    return x
+
+
+def build_planted(seed: int = 0, steps: int = 600) -> TinyNet:
+    torch.manual_seed(seed)
+    model = TinyNet()
+    with torch.no_grad():
+        model.fc1.weight[:, 15] = 0  # clean neurons never read the trigger pixel
+        model.fc1.weight[PLANTED] = 0
+        model.fc1.weight[PLANTED, 15] = 10.0
+        model.fc1.bias[PLANTED] = -1.0
+        model.fc2.weight[:, PLANTED] = -0.5
+        model.fc2.weight[0, PLANTED] = 4.0
+    x, y = make_images(2000, seed + 1)
+    x, y = as_split(x, y).images(), y  # train on exactly what the defenses will see
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        model.fc1.weight.grad[PLANTED] = 0
+        model.fc1.weight.grad[:, 15] = 0
+        model.fc1.bias.grad[PLANTED] = 0
+        model.fc2.weight.grad[:, PLANTED] = 0
+        opt.step()
+    return model.eval()
+
+
+def clean_and_test(seed: int = 0):
+    return as_split(*make_images(500, seed + 2)), as_split(*make_images(1000, seed + 3))
