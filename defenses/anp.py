@@ -81,7 +81,7 @@ def restrict(neuron_map: NeuronMap, layers) -> NeuronMap:
 
 @register("anp", "ANP: adversarial neuron pruning", ANPConfig, summary=(
     "Learns a mask per neuron that keeps clean accuracy under worst-case neuron noise; "
-    "backdoor neurons end with low masks."))
+    "backdoor neurons end with low masks."), quick={"iterations": 30, "snapshot_every": 10})
 class ANP:
     def __init__(self, config: ANPConfig | None = None, **kwargs):
         self.config = config if config is not None else ANPConfig(**kwargs)

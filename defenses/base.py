@@ -196,14 +196,16 @@ class DefenseInfo:
     config_cls: type
     needs_data: bool
     summary: str
+    quick: dict  # a small budget (fewer iterations/epochs) for smoke tests, demos and CI benchmarks
 
 
 REGISTRY: dict[str, DefenseInfo] = {}
 
 
-def register(name: str, title: str, config_cls: type, *, needs_data: bool = True, summary: str = "") -> Callable[[type], type]:
+def register(name: str, title: str, config_cls: type, *, needs_data: bool = True, summary: str = "",
+             quick: dict | None = None) -> Callable[[type], type]:
     def deco(cls):
-        REGISTRY[name] = DefenseInfo(name, title, cls, config_cls, needs_data, summary)
+        REGISTRY[name] = DefenseInfo(name, title, cls, config_cls, needs_data, summary, dict(quick or {}))
         cls.name = name
         return cls
 

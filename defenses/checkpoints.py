@@ -71,7 +71,9 @@ def load_state_dict(source, *, map_location="cpu") -> dict[str, torch.Tensor]:
         obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "GLOBAL" in msg or "Unsupported global" in msg or "weights_only" in msg.lower():
+        # Only a pickle that names a Python global (a class or a function) is "code"; anything
+        # else the weights-only unpickler rejects is a damaged file.
+        if "Unsupported global" in msg or "GLOBAL" in msg:
             raise CheckpointError(f"{label} holds pickled Python objects (a whole model or code), which are never "
                                   "loaded for safety; save `model.state_dict()` instead.") from None
         raise CheckpointError(f"{label} is not a readable PyTorch checkpoint (it is corrupt or truncated).") from None

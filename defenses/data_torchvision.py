@@ -58,7 +58,8 @@ def load(name: str, root: str | os.PathLike | None, *, download: bool = False, c
     size = _check_image_size(image_size)
     key = name.strip().lower()
     if key == "cifar10":
-        train, test, classes = _load_cifar10(_need_root(root, "CIFAR-10", f"a folder holding {CIFAR10_FOLDER}"), download)
+        where = _need_root(root, "CIFAR-10", f"a folder holding {CIFAR10_FOLDER}")
+        train, test, classes = _load_cifar10(where, download)
         train, test = _resize_split(train, size), _resize_split(test, size)
         augment = "crop_flip"
     elif key == "mnist":
@@ -75,7 +76,8 @@ def load(name: str, root: str | os.PathLike | None, *, download: bool = False, c
     else:
         raise DataError(f"Unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)}.")
     clean, rest = split_clean(train, clean_count if clean_fraction is None else None, clean_fraction, seed)
-    return DataBundle(name, rest, clean, test, len(classes), list(classes), augment)
+    label = name if name.startswith("folder:") else key
+    return DataBundle(label, rest, clean, test, len(classes), list(classes), augment)
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,13 +89,15 @@ def _check_image_size(image_size) -> int | None:
         return None
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) \
             or not 1 <= int(image_size) <= MAX_IMAGE_SIZE:
-        raise DataError(f"The image size must be a whole number of pixels from 1 to {MAX_IMAGE_SIZE}, got {image_size!r}.")
+        raise DataError(f"The image size must be a whole number of pixels from 1 to {MAX_IMAGE_SIZE}, "
+                        f"got {image_size!r}.")
     return int(image_size)
 
 
 def _need_root(root, label: str, holding: str) -> Path:
     if root is None or (isinstance(root, str) and not root.strip()):
-        raise DataError(f"{label} needs a root folder; pass root as {holding} (or as the folder where download=True should save it).")
+        raise DataError(f"{label} needs a root folder; pass root as {holding} "
+                        f"(or as the folder where download=True should save it).")
     return Path(os.path.expanduser(os.fspath(root)))
 
 
@@ -273,9 +277,11 @@ def _load_gtsrb(root: Path, download: bool, size: int):
         except FileNotFoundError:  # torchvision's make_dataset: no class folders, or one without .ppm images
             raise DataError(f"The GTSRB training folder {train_dir} lacks class folders of .ppm images; download "
                             f"the training set again with download=True (needs internet).") from None
-        except (KeyError, ValueError, csv.Error) as e:
-            raise DataError(f"{test_csv} is not a valid GTSRB label file ({_reason(e)}); it needs ';'-separated "
-                            f"Filename and ClassId columns.") from None
+        except (KeyError, ValueError, TypeError, csv.Error) as e:
+            if split == "test":  # the CSV lacks the columns, or a ClassId is not a number
+                raise DataError(f"{test_csv} is not a valid GTSRB label file ({_reason(e)}); it needs ';'-separated "
+                                f"Filename and ClassId columns.") from None
+            raise DataError(f"Could not read the GTSRB {split} split under {base} ({_reason(e)}).") from None
         except Exception as e:
             raise DataError(f"Could not read the GTSRB {split} split under {base} ({_reason(e)}).") from None
         if split == "train":

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from .anp import resolve_augment, restrict
-from .base import (Callback, DefenseResult, NullCallback, check_clean_data, check_range, log_every, register,
-                   resolve_device, ConfigError)
+from .base import (Callback, ConfigError, DefenseResult, NullCallback, check_clean_data, check_range, register,
+                   resolve_device)
 from .data import ArraySplit
 from .neurons import find_neurons, masked_forward, working_copy
 
@@ -79,7 +79,8 @@ class RNPConfig:
 
 @register("rnp", "RNP: reconstructive neuron pruning", RNPConfig, summary=(
     "Unlearns the clean task by gradient ascent, then recovers it with neuron masks; "
-    "backdoor neurons stay masked low. Its unlearned model also serves trigger recovery."))
+    "backdoor neurons stay masked low. Its unlearned model also serves trigger recovery."),
+    quick={"unlearn_epochs": 3, "recover_epochs": 3})
 class RNP:
     def __init__(self, config: RNPConfig | None = None, **kwargs):
         self.config = config if config is not None else RNPConfig(**kwargs)

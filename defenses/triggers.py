@@ -13,6 +13,7 @@ tensors for an image shape (C, H, W).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,9 +56,11 @@ class Trigger:
 
 
 def _parse_position(position, h, w, size):
+    """(row, col) of the patch's top-left pixel. Named positions keep a one-pixel margin from the
+    image border when the patch leaves room for it."""
     if isinstance(position, str):
-        rows = {"top": 1, "bottom": h - size - 1, "center": (h - size) // 2}
-        cols = {"left": 1, "right": w - size - 1, "center": (w - size) // 2}
+        rows = {"top": min(1, h - size), "bottom": max(0, h - size - 1), "center": (h - size) // 2}
+        cols = {"left": min(1, w - size), "right": max(0, w - size - 1), "center": (w - size) // 2}
         if position == "center":
             return rows["center"], cols["center"]
         try:
@@ -65,8 +68,22 @@ def _parse_position(position, h, w, size):
             return rows[r], cols[c]
         except (ValueError, KeyError):
             raise TriggerError(f"Unknown patch position {position!r}; use e.g. 'bottom_right', 'top_left', 'center' or [row, col].") from None
-    r, c = (int(v) for v in position)
-    return r, c
+    try:
+        r, c = position
+        if any(isinstance(v, bool) or float(v) != int(v) for v in (r, c)):
+            raise ValueError
+        return int(r), int(c)
+    except (TypeError, ValueError, OverflowError):
+        raise TriggerError(f"Unknown patch position {position!r}; use e.g. 'bottom_right', 'top_left', 'center' or [row, col].") from None
+
+
+def _number(value, what: str) -> float:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise TriggerError(f"The {what} must be a number, got {value!r}.") from None
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,8 @@ class TriggerSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TriggerSpec":
+        if not isinstance(d, dict):
+            raise TriggerError(f"A trigger is described by a dict of settings, got {type(d).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -115,12 +134,14 @@ class TriggerSpec:
 
     def build(self, shape: tuple[int, int, int]) -> Trigger:
         c, h, w = shape
-        if not isinstance(self.target, int) or self.target < 0:
+        if isinstance(self.target, bool) or not isinstance(self.target, numbers.Integral) or self.target < 0:
             raise TriggerError(f"The target label must be a non-negative whole number, got {self.target!r}.")
         if self.kind == "badnets":
-            s = int(self.size)
-            if not 1 <= s <= min(h, w):
-                raise TriggerError(f"The patch size must be between 1 and {min(h, w)} pixels, got {self.size}.")
+            size = _number(self.size, "patch size")
+            if not 1 <= size <= min(h, w) or size != int(size):
+                raise TriggerError(f"The patch size must be a whole number from 1 to {min(h, w)} pixels, "
+                                   f"got {self.size}.")
+            s = int(size)
             r, col = _parse_position(self.position, h, w, s)
             if not (0 <= r <= h - s and 0 <= col <= w - s):
                 raise TriggerError(f"A {s}-pixel patch at ({r}, {col}) does not fit in a {h}x{w} image.")
@@ -131,13 +152,14 @@ class TriggerSpec:
                 ii, jj = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
                 pattern[:, r:r + s, col:col + s] = ((ii + jj + 1) % 2).float()
             else:
-                level = float(self.color)
+                level = float(self.color) if isinstance(self.color, numbers.Real) and not isinstance(self.color, bool) \
+                    else float("nan")
                 if not 0 <= level <= 1:
                     raise TriggerError(f"The patch colour must be a grey level in [0, 1] or 'checkerboard', got {self.color!r}.")
                 pattern[:, r:r + s, col:col + s] = level
             return Trigger(pattern, mask, self.target)
         if self.kind == "blend":
-            if not 0 < float(self.alpha) <= 1:
+            if not 0 < _number(self.alpha, "blend alpha") <= 1:
                 raise TriggerError(f"The blend alpha must be in (0, 1], got {self.alpha}.")
             if self.image:
                 pattern = load_image_tensor(self.image, (c, h, w))
@@ -166,6 +188,8 @@ def load_image_tensor(path: str, shape: tuple[int, int, int]) -> torch.Tensor:
                 t = t[None]
             elif t.ndim == 3 and t.shape[-1] in (1, 3) and t.shape[0] not in (1, 3):
                 t = t.permute(2, 0, 1)
+            if t.ndim != 3 or not torch.isfinite(t).all():
+                raise ValueError("not an image array")
         else:
             from PIL import Image
 
@@ -175,6 +199,8 @@ def load_image_tensor(path: str, shape: tuple[int, int, int]) -> torch.Tensor:
             t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
     except FileNotFoundError:
         raise TriggerError(f"No trigger image at {path}.") from None
+    except IsADirectoryError:
+        raise TriggerError(f"{path} is a folder, not a trigger image.") from None
     except Exception as e:  # PIL and numpy raise many kinds on a bad file
         raise TriggerError(f"Could not read the trigger image {path} ({type(e).__name__}).") from None
     if tuple(t.shape[-2:]) != (h, w):
@@ -187,6 +213,8 @@ def load_image_tensor(path: str, shape: tuple[int, int, int]) -> torch.Tensor:
 def poison(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, rate: float, seed: int = 0):
     """Stamp the trigger on a ``rate`` fraction of a float batch and relabel it to the target.
     Returns (x, y, poisoned_index)."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate <= 1:
+        raise TriggerError(f"The poison rate must be a fraction in [0, 1], got {rate!r}.")
     g = torch.Generator().manual_seed(seed)
     n = len(y)
     k = int(round(rate * n))

@@ -1,11 +1,11 @@
 """A tiny network with one planted backdoor neuron, for asserting that a defense finds it.
 
-Images are 1 x 4 x 4 in [0, 1]. Clean task: ten classes given by a fixed random linear teacher
-on the first 15 pixels (ten classes, so that chance is 10% and RNP's 20% stop applies). The last pixel is the trigger pixel: on clean images it stays in [0, 0.2];
+Images are 1 x 4 x 4 in [0, 1]. Clean task: label 1 when the top half is brighter than the
+bottom half, else 0. The last pixel is the trigger pixel: on clean images it stays in [0, 0.2];
 the trigger sets it to 1 and the target label is 0.
 
 Hidden neuron ``PLANTED`` reads only the trigger pixel (weight 10, bias -1) and votes for the
-target (+4 on logit 0, -0.5 on the others). On clean images it fires weakly (up to 1) and the clean
+target (+4 on logit 0, -4 on logit 1). On clean images it fires weakly (up to 1) and the clean
 neurons, trained with it in place, learn to compensate, as in a real backdoored network; a
 triggered image drives it to 9 and flips the prediction. The clean neurons are trained for a
 fraction of a second from a fixed seed; the planted row is never trained, and no clean neuron
@@ -19,8 +19,8 @@ from torch import nn
 
 from defenses.data import ArraySplit
 
-HIDDEN = 32
-CLASSES = 10
+HIDDEN = 12
+CLASSES = 2
 PLANTED = HIDDEN - 1
 TRIGGER_PIXEL = (3, 3)
 
@@ -41,9 +41,7 @@ def make_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, 4, 4, generator=g)
     x[:, 0, 3, 3] = torch.rand(n, generator=g) * 0.2
-    teacher = torch.randn(15, CLASSES, generator=torch.Generator().manual_seed(1234))
-    flat = x.flatten(1)[:, :15]
-    y = ((flat - 0.5) @ teacher).argmax(1)
+    y = (x[:, 0, :2].mean((1, 2)) > x[:, 0, 2:].flatten(1)[:, :7].mean(1)).long()
     return x, y
 
 
@@ -57,7 +55,7 @@ def stamp(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def build_planted(seed: int = 0, steps: int = 600) -> TinyNet:
+def build_planted(seed: int = 0, steps: int = 400) -> TinyNet:
     torch.manual_seed(seed)
     model = TinyNet()
     with torch.no_grad():
@@ -65,8 +63,7 @@ def build_planted(seed: int = 0, steps: int = 600) -> TinyNet:
         model.fc1.weight[PLANTED] = 0
         model.fc1.weight[PLANTED, 15] = 10.0
         model.fc1.bias[PLANTED] = -1.0
-        model.fc2.weight[:, PLANTED] = -0.5
-        model.fc2.weight[0, PLANTED] = 4.0
+        model.fc2.weight[:, PLANTED] = torch.tensor([4.0, -4.0])
     x, y = make_images(2000, seed + 1)
     x, y = as_split(x, y).images(), y  # train on exactly what the defenses will see
     opt = torch.optim.Adam(model.parameters(), lr=0.03)

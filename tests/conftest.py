@@ -1,0 +1,15 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))  # so tests can import the planted-model helpers
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    from defenses.data import load_dataset
+
+    return load_dataset("mnist5k")

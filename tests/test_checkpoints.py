@@ -1,0 +1,123 @@
+"""Every bad checkpoint gets one sentence that says what is wrong; nothing in a file runs."""
+import io
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from defenses.checkpoints import (CheckpointError, fit_report, load_into, load_state_dict, safetensors_bytes,
+                                  save_safetensors)
+from defenses.models import SmallCNN
+
+
+def small():
+    return SmallCNN(10, 1, 28, width=4, hidden=8)
+
+
+def one_sentence(msg: str) -> bool:
+    return msg.count(". ") == 0 and msg.endswith(".")
+
+
+def test_roundtrip_safetensors_and_pt(tmp_path):
+    model = small()
+    save_safetensors(model, str(tmp_path / "m.safetensors"))
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    for name in ("m.safetensors", "m.pt"):
+        fresh = load_into(small(), tmp_path / name)
+        for k, v in model.state_dict().items():
+            assert torch.equal(fresh.state_dict()[k], v)
+    assert set(load_state_dict(safetensors_bytes(model))) == set(model.state_dict())
+
+
+def test_wrapped_and_prefixed_state_dicts(tmp_path):
+    model = small()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, tmp_path / "w.pt")
+    load_into(small(), tmp_path / "w.pt")
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {EVIL_MARK}",))
+
+
+EVIL_MARK = "/tmp/prunescope_evil_ran"
+
+
+@pytest.mark.parametrize("case,match", [
+    ("empty", "is empty"),
+    ("truncated_pt", "not a readable PyTorch checkpoint"),
+    ("truncated_st", "damaged or truncated"),
+    ("random", "not a readable PyTorch checkpoint"),
+    ("code_pickle", "pickled Python objects"),
+    ("full_module", "pickled Python objects"),
+    ("torchscript", "TorchScript"),
+    ("no_tensors", "no tensors"),
+    ("a_list", "does not hold a state dict"),
+    ("missing", "No checkpoint at"),
+    ("folder", "is a folder"),
+])
+def test_bad_files_are_refused_with_one_sentence(tmp_path, case, match):
+    path = tmp_path / f"{case}.pt"
+    model = small()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated_pt":
+        path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    elif case == "truncated_st":
+        path.write_bytes(safetensors_bytes(model)[:-100])
+    elif case == "random":
+        path.write_bytes(os.urandom(4096))
+    elif case == "code_pickle":
+        torch.save({"x": Evil()}, path)
+    elif case == "full_module":
+        torch.save(model, path)
+    elif case == "torchscript":
+        torch.jit.script(model.eval()).save(str(path))
+    elif case == "no_tensors":
+        torch.save({"epoch": 3, "name": "x"}, path)
+    elif case == "a_list":
+        torch.save([1, 2, 3], path)
+    elif case == "folder":
+        path = tmp_path
+    elif case == "missing":
+        path = tmp_path / "nothing.pt"
+    if os.path.exists(EVIL_MARK):
+        os.remove(EVIL_MARK)
+    with pytest.raises(CheckpointError, match=match) as err:
+        load_into(small(), path)
+    assert one_sentence(str(err.value)), str(err.value)
+    assert not os.path.exists(EVIL_MARK), "loading a checkpoint executed code"
+
+
+def test_wrong_architecture_names_keys_and_shapes():
+    state = SmallCNN(10, 1, 28, width=8, hidden=8).state_dict()
+    msg = fit_report(small(), state)
+    assert "features.0.weight (8, 1, 3, 3) vs (4, 1, 3, 3)" in msg
+    resnet = nn.Sequential(nn.Linear(3, 3)).state_dict()
+    msg = fit_report(small(), resnet)
+    assert "the file lacks features.0.weight" in msg and "the model has no 0.weight" in msg
+
+
+def test_wrong_number_of_classes_is_named():
+    state = SmallCNN(43, 1, 28, width=4, hidden=8).state_dict()
+    with pytest.raises(CheckpointError, match="the file has 43 classes, the model 10"):
+        load_into(small(), safetensors_bytes(state))
+
+
+def test_grayscale_checkpoint_into_colour_model():
+    state = SmallCNN(10, 1, 32, width=4, hidden=8).state_dict()
+    with pytest.raises(CheckpointError, match=r"features.0.weight \(4, 1, 3, 3\) vs \(4, 3, 3, 3\)"):
+        load_into(SmallCNN(10, 3, 32, width=4, hidden=8), safetensors_bytes(state))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_and_inf_weights(bad):
+    model = small()
+    with torch.no_grad():
+        model.features[0].weight[0, 0, 0, 0] = bad
+    with pytest.raises(CheckpointError, match="NaN or infinite values in features.0.weight"):
+        load_into(small(), safetensors_bytes(model))
