@@ -60,9 +60,11 @@ def build_request(args) -> RunRequest:
                       recover_triggers=not args.no_trigger_recovery)
 
 
-def follow(run_dir: Path, stream=sys.stderr) -> str:
+def follow(run_dir: Path, stream=None) -> str:
     """Show the run's progress with a tqdm bar until it ends; Ctrl-C cancels the run."""
     from tqdm.auto import tqdm
+
+    stream = stream or sys.stderr  # looked up now, so a redirected stderr is honoured
 
     seen, bar, stage = 0, None, ""
     try:
@@ -72,15 +74,15 @@ def follow(run_dir: Path, stream=sys.stderr) -> str:
                 if ev["type"] == "begin":
                     if bar is not None:
                         bar.close()
-                    bar = tqdm(total=ev["total"], file=stream, dynamic_ncols=True, unit="step")
+                    bar = tqdm(total=ev["total"], desc=stage, file=stream, dynamic_ncols=True,
+                               unit="step")
                 elif ev["type"] == "step" and bar is not None:
                     bar.n = ev["step"]
                     shown = {k: f"{v:.3g}" for k, v in list(ev.get("metrics", {}).items())[:3]}
                     bar.set_postfix(stage=ev["stage"], **shown, refresh=False)
                     bar.refresh()
                 elif ev["type"] == "stage":
-                    stage = ev["stage"]
-                    bar and bar.set_description(stage)
+                    stage = ev["stage"]  # names the bar that its "begin" opens next
                 elif ev["type"] == "baseline":
                     print(f"baseline: ACC {ev['acc']:.4f}  ASR {_fmt(ev['asr'])}", file=stream)
             status = read_status(run_dir)
@@ -155,11 +157,13 @@ def cmd_samples(args) -> int:
 def cmd_dashboard(args) -> int:
     import subprocess
 
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PRUNESCOPE_RUNS=os.path.abspath(args.runs_dir))
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.address,
-           "--server.port", str(args.port), "--server.headless", "true"]
-    return subprocess.call(cmd, env=env)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(root / "dashboard" / "app.py"),
+           "--server.address", args.address, "--server.port", str(args.port),
+           "--server.headless", "true"]
+    # Streamlit reads .streamlit/config.toml (theme, upload cap) from its working directory.
+    return subprocess.call(cmd, env=env, cwd=root)
 
 
 def make_parser() -> argparse.ArgumentParser:

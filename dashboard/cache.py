@@ -1,0 +1,174 @@
+"""The Streamlit caches: read-only models in ``st.cache_resource``; arrays and tables in
+``st.cache_data``. Every cached function takes plain, hashable keys (JSON strings, paths and
+modification times), so a finished run is read from disk once, and a run that gains files (trigger
+recovery ending after the sweep) is read again.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+from . import rundata
+from .modelsetup import check_choice
+
+
+def _key(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return Path(path).stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+# ---------------------------------------------------------------- models (read-only)
+
+
+@st.cache_resource(max_entries=6, show_spinner=False)
+def _model(spec_key: str, shape_key: str, num_classes: int | None):
+    from defenses.runs import load_model
+
+    model, _, _ = load_model(json.loads(spec_key), json.loads(shape_key), num_classes)
+    model.eval()
+    model.requires_grad_(False)  # read-only: shared by every session
+    return model
+
+
+def run_model(run: rundata.FinishedRun) -> torch.nn.Module:
+    """The run's original model, shared read-only; prune a copy, never this one."""
+    return _model(_key(run.config["model"]), _key(run.result.get("input_shape")), run.result.get("num_classes"))
+
+
+# ---------------------------------------------------------------- the Model page
+
+
+@st.cache_data(max_entries=16, show_spinner="Checking the model on the test split ...")
+def model_summary(choice_key: str, n_examples: int = 6) -> dict:
+    """Baseline ACC/ASR, the description, and a few clean and triggered test images with the
+    model's predictions, for a model/data/trigger choice (JSON). Raises one-sentence errors."""
+    from defenses.evaluation import evaluate
+
+    choice = json.loads(choice_key)
+    model, bundle, trigger, title = check_choice(choice["model"], choice["data"], choice.get("trigger"))
+    base = evaluate(model, bundle.test, trigger)
+    idx = torch.arange(min(n_examples, len(bundle.test)))
+    x = bundle.test.images(idx)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+        xt = trigger.apply(x) if trigger is not None else None
+        pred_t = model(xt).argmax(1) if xt is not None else None
+    return {
+        "title": title, "data": bundle.describe(), "num_classes": bundle.num_classes, "shape": list(bundle.shape),
+        "acc": base["acc"], "asr": base["asr"], "target": None if trigger is None else trigger.target,
+        "clean": x.numpy(), "labels": bundle.test.y[idx].tolist(), "pred": pred.tolist(),
+        "triggered": None if xt is None else xt.numpy(), "pred_triggered": None if pred_t is None else pred_t.tolist(),
+    }
+
+
+# ---------------------------------------------------------------- run folders
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _finished(path: str, sweep_mtime: float, triggers_mtime: float) -> rundata.FinishedRun:
+    return rundata.load_finished(Path(path))
+
+
+def finished_run(run_id: str) -> rundata.FinishedRun:
+    path = rundata.run_path(run_id)
+    return _finished(str(path), _mtime(path / "sweep.json"), _mtime(path / "triggers" / "recovery.json"))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def snapshot(path: str, step: int) -> dict[str, np.ndarray]:
+    """One snapshot's scores (snapshot files never change once written)."""
+    return rundata.snapshot_scores(Path(path), step)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def recovered_triggers(path: str, mtime: float) -> dict | None:
+    from defenses.trigger_recovery import load_recovery
+
+    rec = load_recovery(Path(path) / "triggers")
+    if rec is None:
+        return None
+    return {"labels": list(rec.labels), "masks": rec.masks.numpy(), "patterns": rec.patterns.numpy(),
+            "anomaly": list(rec.anomaly), "flagged": list(rec.flagged), "l1": list(rec.l1),
+            "asr_on_model": rec.asr_on_model, "asr_on_original": rec.asr_on_original,
+            "threshold": rec.config.get("anomaly_threshold", 2.0)}
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def true_trigger(trigger_key: str, shape_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    from defenses.triggers import TriggerSpec
+
+    spec = json.loads(trigger_key)
+    if not spec:
+        return None
+    t = TriggerSpec.from_dict(spec).build(tuple(json.loads(shape_key)))
+    return t.mask.numpy(), t.pattern.numpy()
+
+
+# ---------------------------------------------------------------- pruning (no evaluation)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _neuron_map(path: str, _run: rundata.FinishedRun):
+    from defenses.neurons import find_neurons
+
+    return find_neurons(run_model(_run), tuple(_run.result["input_shape"]))
+
+
+def pruned_model(run: rundata.FinishedRun, threshold: float) -> torch.nn.Module:
+    """A pruned copy of the run's model at a sweep threshold (zeroing weights; no evaluation)."""
+    from defenses.neurons import prune
+
+    model = run_model(run)
+    nmap = _neuron_map(str(run.path), run)
+    sel = rundata.selected(rundata.sweep_units(run.scores, run.suspicious), threshold, run.suspicious)
+    return prune(model, nmap, {k: torch.from_numpy(np.asarray(v)) for k, v in sel.items()},
+                 run.result.get("prune_rule", "gamma"))
+
+
+def pruned_model_bytes(run: rundata.FinishedRun, threshold: float, manifest: dict) -> bytes:
+    from defenses.checkpoints import safetensors_bytes
+
+    meta = {"prunescope_manifest": json.dumps({k: v for k, v in manifest.items() if k != "pruned"})}
+    return safetensors_bytes(pruned_model(run, threshold), metadata=meta)
+
+
+@st.cache_data(max_entries=16, show_spinner="Computing attributions ...")
+def attributions(run_id: str, threshold: float, method: str, n: int = 4) -> dict:
+    """Attribution maps of the original and the pruned model on ``n`` clean and ``n`` triggered
+    test images (the first test images whose label is not the target)."""
+    from defenses.runs import load_data
+    from defenses.triggers import TriggerSpec
+
+    from .attributions import attribution_maps, predictions
+
+    run = finished_run(run_id)
+    bundle = load_data(run.config["data"])
+    spec = run.result.get("trigger")
+    trigger = TriggerSpec.from_dict(spec).build(bundle.shape) if spec else None
+    keep = torch.arange(len(bundle.test))
+    if trigger is not None:
+        keep = (bundle.test.y != trigger.target).nonzero().flatten()
+    idx = keep[:n]
+    x = bundle.test.images(idx)
+    inputs, titles = [x], [f"clean, label {int(y)}" for y in bundle.test.y[idx]]
+    if trigger is not None:
+        inputs.append(trigger.apply(x))
+        titles += [f"triggered, label {int(y)}" for y in bundle.test.y[idx]]
+    x_all = torch.cat(inputs)
+    before_model, after_model = run_model(run), pruned_model(run, threshold)
+    out = {"images": x_all.numpy(), "titles": titles}
+    for name, model in (("before", before_model), ("after", after_model)):
+        pred = predictions(model, x_all)
+        out[name] = attribution_maps(model, x_all, pred, method)
+        out[f"pred_{name}"] = pred.tolist()
+    return out

@@ -1,0 +1,87 @@
+"""What every page shares: the session's choices, the default sample, errors in one sentence.
+
+Session state holds ids and choices only:
+- ``choice``: the model/data/trigger choice, ``{"model", "data", "trigger", "label"}`` as the
+  RunRequest wants them (set on the Model page; the first BadNets sample until then);
+- ``run_id``: the run being watched or explored (the run itself lives in the runs folder);
+- ``thresholds``: the chosen threshold per run id, kept across pages.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from sample_models import catalog
+
+from .modelsetup import USER_ERRORS, user_message
+from .rundata import runs_dir
+
+APP_TITLE = "prunescope"
+TAGLINE = "Neuron-pruning defenses against backdoors, live"
+
+
+def default_sample() -> str | None:
+    """The first BadNets sample in the catalog (else the first sample)."""
+    cat = catalog()
+    for name, entry in cat.items():
+        if entry.get("attack") == "badnets":
+            return name
+    return next(iter(cat), None)
+
+
+def sample_choice(name: str, clean_count: int = 500) -> dict:
+    entry = catalog()[name]
+    return {"model": {"sample": name},
+            "data": {"dataset": entry.get("dataset", "mnist5k"), "clean_count": int(clean_count), "seed": 0},
+            "trigger": None,  # None: the worker uses the sample's own trigger from the catalog
+            "label": f"{entry['title']} ({name})"}
+
+
+def current_choice() -> dict | None:
+    choice = st.session_state.get("choice")
+    if choice is None:
+        name = default_sample()
+        choice = sample_choice(name) if name else None
+    return choice
+
+
+def show_error(e: BaseException) -> None:
+    """One sentence in red; the app keeps running and keeps what it has."""
+    st.error(user_message(e))
+
+
+def page_link(page: str, label: str, icon: str | None = None) -> None:
+    """A link to another page; plain text when the page runs on its own (outside st.navigation,
+    as in a test of one page file), where Streamlit knows no other page."""
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        st.page_link(page, label=label, icon=icon)
+    except StreamlitAPIException:
+        st.caption(label.rstrip(" →") + f" ({page}).")
+
+
+def saved_threshold(run_id: str):
+    return st.session_state.get("thresholds", {}).get(run_id)
+
+
+def save_threshold(run_id: str, value: float) -> None:
+    st.session_state.setdefault("thresholds", {})[run_id] = value
+
+
+def fmt_rate(v) -> str:
+    return "n/a" if v is None or v != v else f"{100 * v:.1f}%"
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        st.caption(f"**{APP_TITLE}** · {TAGLINE}")
+        choice = current_choice()
+        if choice:
+            st.caption(f"Model: {choice['label']}")
+        if st.session_state.get("run_id"):
+            st.caption(f"Run: `{st.session_state['run_id']}`")
+        st.caption(f"Runs folder: `{runs_dir()}`")
+
+
+__all__ = ["USER_ERRORS", "APP_TITLE", "TAGLINE", "current_choice", "default_sample", "fmt_rate", "page_link", "sample_choice",
+           "save_threshold", "saved_threshold", "show_error", "sidebar"]

@@ -1,0 +1,346 @@
+"""Every chart of the dashboard, built by pure functions from plain data.
+
+Each builder takes lists, dicts and numpy arrays (never a run folder, a model or Streamlit) and
+returns a ``plotly.graph_objects.Figure``, so the charts are unit-tested without a browser
+(tests/test_figures.py). Conventions that the tests rely on:
+
+- a threshold is drawn as a vertical line shape (``fig.layout.shapes``) at its x value, except in
+  violin plots, where scores are on the y axis and the line is horizontal;
+- curves that need the attacker's trigger (ASR) are dashed, red, and say "test trigger" in their
+  name, so they stand apart from the trigger-free aids;
+- clickable charts carry the threshold of every point in ``customdata``.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+ACC_COLOR = "#1f77b4"
+ASR_COLOR = "#d62728"
+AID_COLOR = "#2ca02c"
+THRESHOLD_COLOR = "#444444"
+ASR_NAME = "ASR (uses the test trigger)"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+           "#d62728")
+
+
+def _base(title: str, x_title: str, y_title: str, height: int = 360) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=title, height=height, margin=dict(l=50, r=20, t=50, b=45),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title)
+    return fig
+
+
+def _vline(fig: go.Figure, x: float, text: str, color: str = THRESHOLD_COLOR, dash: str = "dash", **kw) -> None:
+    fig.add_vline(x=float(x), line_dash=dash, line_color=color, annotation_text=text,
+                  annotation_position="top right", **kw)
+
+
+def _finite(values) -> np.ndarray:
+    a = np.asarray(values, dtype=float).ravel()
+    return a[np.isfinite(a)]
+
+
+def _has_values(values) -> bool:
+    return _finite(values).size > 0
+
+
+# ---------------------------------------------------------------- live view
+
+
+def loss_curve(steps: Sequence[Mapping]) -> go.Figure:
+    """Losses over training steps, one line per loss-like metric (``*loss*``) and stage.
+
+    ``steps``: step events ``{"stage", "step", "metrics": {...}}`` as read from events.jsonl."""
+    fig = _base("Loss", "step", "loss")
+    series: dict[str, tuple[list, list]] = {}
+    for ev in steps:
+        for name, value in (ev.get("metrics") or {}).items():
+            if "loss" in name and isinstance(value, (int, float)):
+                xs, ys = series.setdefault(f"{ev.get('stage', '')} {name}".strip(), ([], []))
+                xs.append(ev["step"])
+                ys.append(value)
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, line=dict(color=PALETTE[i % len(PALETTE)])))
+    return fig
+
+
+def snapshot_histogram(snapshots: Mapping[str, Sequence[float]], threshold: float | None = None,
+                       score_label: str = "mask value", bins: int = 40) -> go.Figure:
+    """Overlaid histograms of all neurons' scores at a few snapshots (e.g. first vs latest), to
+    watch the distribution move while the defense runs."""
+    fig = _base("Score distribution over the run", score_label, "neurons")
+    values = [_finite(v) for v in snapshots.values()]
+    lo = min((v.min() for v in values if v.size), default=0.0)
+    hi = max((v.max() for v in values if v.size), default=1.0)
+    size = (hi - lo) / bins if hi > lo else 1.0 / bins
+    for i, (name, v) in enumerate(zip(snapshots, values)):
+        fig.add_trace(go.Histogram(x=v, name=name, opacity=0.6, marker_color=PALETTE[i % len(PALETTE)],
+                                   xbins=dict(start=lo, end=hi + size, size=size)))
+    fig.update_layout(barmode="overlay")
+    if threshold is not None:
+        _vline(fig, threshold, f"cut {threshold:g}")
+    return fig
+
+
+def probe_figure(probes: Sequence[Mapping]) -> go.Figure:
+    """ACC and ASR of the model pruned at the default cut, probed at each snapshot."""
+    fig = _base("Pruned at the default cut, during the run", "step", "rate")
+    probes = [p for p in probes if "acc" in p]
+    steps = [p["step"] for p in probes]
+    fig.add_trace(go.Scatter(x=steps, y=[p["acc"] for p in probes], mode="lines+markers", name="ACC",
+                             line=dict(color=ACC_COLOR)))
+    asr = [p.get("asr") for p in probes]
+    if any(a is not None and a == a for a in asr):
+        fig.add_trace(go.Scatter(x=steps, y=asr, mode="lines+markers", name=ASR_NAME,
+                                 line=dict(color=ASR_COLOR, dash="dash")))
+    fig.update_yaxes(range=[-0.02, 1.02])
+    return fig
+
+
+# ---------------------------------------------------------------- score distributions
+
+
+def score_distribution(scores: Mapping[str, Sequence[float]], kind: str = "histogram", threshold: float | None = None,
+                       score_label: str = "mask value", bins: int = 40) -> go.Figure:
+    """Scores per layer as overlaid histograms, violins or ECDFs (one trace per layer), with
+    the cut drawn where it applies to every layer (masks: one threshold; constants: ``u``)."""
+    if kind not in ("histogram", "violin", "ecdf"):
+        raise ValueError(f"Unknown distribution kind {kind!r}; use histogram, violin or ecdf.")
+    if kind == "violin":
+        fig = _base("Scores per layer", "layer", score_label, height=420)
+    else:
+        fig = _base("Scores per layer", score_label, "neurons" if kind == "histogram" else "fraction of neurons ≤ x",
+                    height=420)
+    for i, (layer, v) in enumerate(scores.items()):
+        v = _finite(v)
+        color = PALETTE[i % len(PALETTE)]
+        if kind == "histogram":
+            fig.add_trace(go.Histogram(x=v, name=layer, opacity=0.55, nbinsx=bins, marker_color=color))
+        elif kind == "violin":
+            fig.add_trace(go.Violin(y=v, name=layer, box_visible=True, points="outliers", line_color=color))
+        else:
+            xs = np.sort(v)
+            ys = np.arange(1, len(xs) + 1) / max(len(xs), 1)
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=layer, line=dict(shape="hv", color=color)))
+    if kind == "histogram":
+        fig.update_layout(barmode="overlay")
+    if threshold is not None:
+        if kind == "violin":
+            fig.add_hline(y=float(threshold), line_dash="dash", line_color=THRESHOLD_COLOR,
+                          annotation_text=f"cut {threshold:g}")
+        else:
+            _vline(fig, threshold, f"cut {threshold:g}")
+    return fig
+
+
+def density_figure(x: Sequence[float], y: Sequence[float], cut: float | None, rule: str = "",
+                   constants: Sequence[float] | None = None, layer: str = "") -> go.Figure:
+    """A kernel density of one layer's Hölder constants with the threshold drawn on it; the
+    constants themselves as a rug below the axis."""
+    fig = _base(f"Hölder-constant density{f' of {layer}' if layer else ''}", "Hölder constant", "density")
+    fig.add_trace(go.Scatter(x=list(x), y=list(y), mode="lines", name="density", fill="tozeroy",
+                             line=dict(color=ACC_COLOR)))
+    if constants is not None and len(constants):
+        c = _finite(constants)
+        fig.add_trace(go.Scatter(x=c, y=np.zeros_like(c), mode="markers", name="neurons",
+                                 marker=dict(symbol="line-ns-open", size=12, color="#555")))
+    if cut is not None:
+        _vline(fig, cut, f"cut {cut:.3g}" + (f" ({rule})" if rule else ""), color=ASR_COLOR)
+    return fig
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def sweep_figure(rows: Sequence[Mapping], selected: float | None = None, x_title: str = "threshold",
+                 show_count: bool = True) -> go.Figure:
+    """ACC and ASR of the pruned model at every precomputed threshold, and the number of neurons
+    pruned on a second axis; the chosen threshold as a vertical line. Points carry their
+    threshold in ``customdata`` so a click can select it."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.update_layout(title="Pruned model at each threshold (click a point to choose it)", height=400,
+                      margin=dict(l=50, r=50, t=60, b=45),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0))
+    t = [r["threshold"] for r in rows]
+    fig.add_trace(go.Scatter(x=t, y=[r["acc"] for r in rows], customdata=t, mode="lines+markers", name="ACC",
+                             line=dict(color=ACC_COLOR)), secondary_y=False)
+    asr = [r.get("asr") for r in rows]
+    if _has_values([a if a is not None else np.nan for a in asr]):
+        fig.add_trace(go.Scatter(x=t, y=asr, customdata=t, mode="lines+markers", name=ASR_NAME,
+                                 line=dict(color=ASR_COLOR, dash="dash")), secondary_y=False)
+    if show_count:
+        fig.add_trace(go.Scatter(x=t, y=[r["n_pruned"] for r in rows], customdata=t, mode="lines",
+                                 name="neurons pruned", line=dict(color="#999", width=1)), secondary_y=True)
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text="rate", range=[-0.02, 1.02], secondary_y=False)
+    fig.update_yaxes(title_text="neurons pruned", secondary_y=True, showgrid=False)
+    if selected is not None:
+        _vline(fig, selected, f"{selected:g}")
+    return fig
+
+
+def tradeoff_figure(rows: Sequence[Mapping], selected: float | None = None) -> go.Figure:
+    """ACC against ASR, one point per threshold (labelled with it); the chosen point ringed.
+    This whole chart needs the test trigger: a defender without it cannot draw it."""
+    fig = _base("ACC vs ASR (ASR uses the test trigger; click a point)", "ASR (test trigger)", "ACC", height=400)
+    t = [r["threshold"] for r in rows]
+    fig.add_trace(go.Scatter(x=[r["asr"] for r in rows], y=[r["acc"] for r in rows], customdata=t,
+                             text=[f"{v:g}" for v in t], mode="lines+markers", name="thresholds",
+                             hovertemplate="threshold %{customdata}<br>ASR %{x:.3f}<br>ACC %{y:.3f}<extra></extra>",
+                             line=dict(color=ASR_COLOR, dash="dash")))
+    chosen = [r for r in rows if selected is not None and np.isclose(r["threshold"], selected)]
+    if chosen:
+        r = chosen[0]
+        fig.add_trace(go.Scatter(x=[r["asr"]], y=[r["acc"]], customdata=[r["threshold"]], mode="markers",
+                                 name=f"chosen ({r['threshold']:g})",
+                                 marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(width=3, color="black"))))
+    fig.update_xaxes(range=[-0.02, 1.02])
+    return fig
+
+
+def acc_budget_figure(rows: Sequence[Mapping], baseline_acc: float, budget: float, chosen: float | None = None,
+                      x_title: str = "threshold") -> go.Figure:
+    """A trigger-free aid: ACC at each threshold, the floor ``baseline - budget`` as a horizontal
+    line, and the largest cut that stays above it as a vertical line."""
+    fig = _base("ACC-drop budget (needs no trigger)", x_title, "ACC")
+    t = [r["threshold"] for r in rows]
+    fig.add_trace(go.Scatter(x=t, y=[r["acc"] for r in rows], customdata=t, mode="lines+markers", name="ACC",
+                             line=dict(color=AID_COLOR)))
+    floor = baseline_acc - budget
+    fig.add_hline(y=floor, line_dash="dot", line_color=AID_COLOR, annotation_text=f"floor {floor:.3f}")
+    if chosen is not None:
+        _vline(fig, chosen, f"largest cut {chosen:g}", color=AID_COLOR)
+    return fig
+
+
+def sorted_scores_figure(values: Sequence[float], gap_index: int | None = None, knee_index: int | None = None,
+                         score_label: str = "score") -> go.Figure:
+    """A trigger-free aid: every neuron's score sorted from most to least suspicious, with the
+    largest gap and the knee marked (prune the neurons left of a mark)."""
+    fig = _base("Sorted scores, most suspicious first (needs no trigger)", "rank", score_label)
+    v = np.asarray(values, dtype=float)
+    fig.add_trace(go.Scatter(x=np.arange(len(v)), y=v, mode="lines+markers", name="scores",
+                             marker=dict(size=4), line=dict(color=AID_COLOR)))
+    if gap_index is not None:
+        _vline(fig, gap_index + 0.5, f"largest gap: {gap_index + 1}", color="#9467bd")
+    if knee_index is not None:
+        _vline(fig, knee_index + 0.5, f"knee: {knee_index + 1}", color="#8c564b", dash="dot",
+               annotation_y=0.85)
+    return fig
+
+
+def compare_sweeps(runs: Sequence[Mapping]) -> go.Figure:
+    """Sweeps by number of neurons pruned, overlaid for several runs: ACC on the left panel and
+    ASR (test trigger) on the right; one colour per run. ``runs``: ``{"label", "rows"}``."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("ACC", ASR_NAME), shared_xaxes=False)
+    fig.update_layout(title="Sweeps by number of neurons pruned", height=420, margin=dict(l=50, r=20, t=80, b=45))
+    for i, run in enumerate(runs):
+        color = PALETTE[i % len(PALETTE)]
+        n = [r["n_pruned"] for r in run["rows"]]
+        fig.add_trace(go.Scatter(x=n, y=[r["acc"] for r in run["rows"]], mode="lines+markers", name=run["label"],
+                                 legendgroup=run["label"], line=dict(color=color)), row=1, col=1)
+        fig.add_trace(go.Scatter(x=n, y=[r["asr"] for r in run["rows"]], mode="lines+markers", name=run["label"],
+                                 legendgroup=run["label"], showlegend=False, line=dict(color=color, dash="dash")),
+                      row=1, col=2)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="neurons pruned", row=1, col=col)
+        fig.update_yaxes(title_text="rate", range=[-0.02, 1.02], row=1, col=col)
+    return fig
+
+
+# ---------------------------------------------------------------- images
+
+
+def _image_trace(img: np.ndarray, colorscale: str = "gray", zmin: float = 0.0, zmax: float = 1.0):
+    """One image as a trace: C x H x W (or H x W) floats in [0, 1]; colour as go.Image, one
+    channel as a heatmap (so a mask can use a colour scale)."""
+    img = np.asarray(img, dtype=float)
+    if img.ndim == 3 and img.shape[0] == 3:
+        return go.Image(z=np.clip(img.transpose(1, 2, 0) * 255, 0, 255).astype(np.uint8), hoverinfo="skip")
+    if img.ndim == 3:
+        img = img.mean(0)
+    return go.Heatmap(z=img, colorscale=colorscale, zmin=zmin, zmax=zmax, showscale=False, hoverinfo="skip")
+
+
+def _image_axes(fig: go.Figure, rows: int, cols: int) -> None:
+    fig.update_xaxes(visible=False, showticklabels=False)
+    fig.update_yaxes(visible=False, showticklabels=False, autorange="reversed")
+    for i in range(1, rows * cols + 1):  # square pixels in every panel
+        suffix = "" if i == 1 else str(i)
+        fig.layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", scaleratio=1)
+
+
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 4,
+               title: str = "", colorscale: str = "gray") -> go.Figure:
+    """Images (each C x H x W or H x W, floats in [0, 1]) in a grid, one panel each."""
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, -(-n // ncols))
+    titles = list(titles or [""] * n)
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles + [""] * (nrows * ncols - n),
+                        horizontal_spacing=0.02, vertical_spacing=0.08)
+    for i, img in enumerate(images):
+        fig.add_trace(_image_trace(img, colorscale), row=i // ncols + 1, col=i % ncols + 1)
+    _image_axes(fig, nrows, ncols)
+    fig.update_layout(title=title or None, height=40 + 170 * nrows, margin=dict(l=10, r=10, t=60 if title else 30, b=10))
+    return fig
+
+
+def trigger_grid(labels: Sequence[int], masks: np.ndarray, patterns: np.ndarray, flagged: Sequence[int] = (),
+                 true_mask: np.ndarray | None = None, true_pattern: np.ndarray | None = None) -> go.Figure:
+    """Recovered triggers: columns are labels (plus the true trigger when known), rows are the
+    mask M, the pattern P and M x P. Flagged labels are starred in the column title."""
+    masks = np.asarray(masks, dtype=float)
+    patterns = np.asarray(patterns, dtype=float)
+    cols = [(f"{'★ ' if t in flagged else ''}label {t}", masks[i], patterns[i]) for i, t in enumerate(labels)]
+    if true_mask is not None and true_pattern is not None:
+        cols.append(("true trigger", np.asarray(true_mask, dtype=float), np.asarray(true_pattern, dtype=float)))
+    ncols = len(cols)
+    row_names = ("mask M", "pattern P", "M × P")
+    fig = make_subplots(rows=3, cols=ncols, column_titles=[c[0] for c in cols], row_titles=list(row_names),
+                        horizontal_spacing=0.01, vertical_spacing=0.03)
+    for j, (_, m, p) in enumerate(cols, 1):
+        m2 = m.mean(0) if m.ndim == 3 else m
+        fig.add_trace(_image_trace(m2, "Viridis"), row=1, col=j)
+        fig.add_trace(_image_trace(p), row=2, col=j)
+        fig.add_trace(_image_trace(m2[None] * p if p.ndim == 3 else m2 * p), row=3, col=j)
+    _image_axes(fig, 3, ncols)
+    fig.update_layout(title="Recovered triggers per label", height=140 + 3 * max(90, 1100 // max(ncols, 1)),
+                      margin=dict(l=10, r=40, t=90, b=10))
+    return fig
+
+
+def anomaly_bar(labels: Sequence[int], anomaly: Sequence[float], flagged: Sequence[int] = (),
+                threshold: float = 2.0) -> go.Figure:
+    """Neural Cleanse's anomaly index per label; the threshold as a horizontal line and flagged
+    labels in red (a label above the line has a suspiciously small trigger)."""
+    fig = _base("Anomaly index per label (needs no trigger)", "label", "anomaly index")
+    colors = [ASR_COLOR if t in flagged else "#7f7f7f" for t in labels]
+    fig.add_trace(go.Bar(x=[str(t) for t in labels], y=list(anomaly), marker_color=colors, name="anomaly index"))
+    fig.add_hline(y=threshold, line_dash="dash", line_color=THRESHOLD_COLOR, annotation_text=f"threshold {threshold:g}")
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def attribution_figure(images: np.ndarray, before: np.ndarray, after: np.ndarray,
+                       titles: Sequence[str] | None = None, method: str = "Saliency") -> go.Figure:
+    """Inputs (row 1) and their attribution maps before (row 2) and after pruning (row 3);
+    ``images`` N x C x H x W in [0, 1], maps N x H x W scaled to [0, 1]."""
+    n = len(images)
+    fig = make_subplots(rows=3, cols=n, column_titles=list(titles or [""] * n),
+                        row_titles=["input", f"{method}, before", f"{method}, after"],
+                        horizontal_spacing=0.01, vertical_spacing=0.03)
+    for j in range(n):
+        fig.add_trace(_image_trace(images[j]), row=1, col=j + 1)
+        fig.add_trace(_image_trace(before[j], "Hot"), row=2, col=j + 1)
+        fig.add_trace(_image_trace(after[j], "Hot"), row=3, col=j + 1)
+    _image_axes(fig, 3, n)
+    fig.update_layout(title=f"{method} attributions", height=140 + 3 * max(90, 1100 // max(n, 1)),
+                      margin=dict(l=10, r=40, t=90, b=10))
+    return fig

@@ -1,0 +1,164 @@
+"""Choosing a model, a dataset and a trigger; accepting an uploaded checkpoint safely.
+
+Plain functions (no Streamlit) so every bad input can be unit-tested with bytes: each raises an
+exception whose message is one sentence for the user (see :func:`user_message`).
+
+Security: uploaded bytes are only ever read by ``defenses.checkpoints.load_state_dict`` (safetensors,
+or ``torch.load(weights_only=True)``), so nothing in a file is executed; there is deliberately no
+option to trust pickles. A valid upload is re-saved as safetensors under
+``<runs_dir>/uploads/<sha256>.safetensors`` and the run refers to it by path.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from defenses.base import ConfigError
+from defenses.checkpoints import CheckpointError, check_finite, human_size, load_state_dict, save_safetensors
+from defenses.data import DataError
+from defenses.models import ARCHITECTURES, ModelError
+from defenses.triggers import TriggerError, TriggerSpec
+
+try:  # neurons may not be importable in odd states of the engine; its error is still a ValueError
+    from defenses.neurons import NeuronError
+except ImportError:  # pragma: no cover
+    NeuronError = ValueError
+
+# The library's one-sentence errors, and the plain ones it lets through; the app shows them with
+# st.error and keeps running.
+USER_ERRORS = (CheckpointError, DataError, ModelError, TriggerError, ConfigError, NeuronError, ValueError, KeyError,
+               FileNotFoundError, OSError)
+
+DEFAULT_MAX_UPLOAD_MB = 200
+DATASETS = ("mnist5k", "cifar10", "mnist", "gtsrb", "npz", "folder")
+POSITIONS = ("bottom_right", "bottom_left", "top_right", "top_left", "center")
+
+
+class UploadError(ValueError):
+    """An upload was refused; one sentence."""
+
+
+def user_message(e: BaseException) -> str:
+    """One sentence for any error the library raises: its first line, quotes around KeyError
+    messages stripped, and a full stop at the end."""
+    text = str(e).strip().splitlines()[0].strip().strip("'\"") if str(e).strip() else ""
+    if not text:
+        text = f"{type(e).__name__} without a message"
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.strerror:
+        text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
+@dataclass(frozen=True)
+class Upload:
+    path: Path
+    sha256: str
+    tensors: int
+    parameters: int
+    size: int
+
+    def describe(self) -> str:
+        return f"{self.tensors} tensors, {self.parameters:,} numbers, {human_size(self.size)} (sha256 {self.sha256[:12]}…)"
+
+
+def accept_upload(data: bytes, filename: str, runs_dir: str | Path, max_bytes: int) -> Upload:
+    """Check an uploaded checkpoint and store it re-saved as safetensors; raises UploadError or
+    CheckpointError with one sentence. Nothing in the file is executed."""
+    name = Path(filename or "upload").name
+    if len(data) > max_bytes:
+        raise UploadError(f"{name} is {human_size(len(data))}, over the {human_size(max_bytes)} upload limit; "
+                          f"give its path on this machine instead or raise server.maxUploadSize.")
+    if not name.lower().endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")):
+        raise UploadError(f"{name} is not a weights file; upload a .safetensors, .pt or .pth state dict.")
+    try:
+        state = load_state_dict(bytes(data))  # CheckpointError: empty, corrupt, TorchScript, pickled module, ...
+    except CheckpointError as e:  # name the file rather than "the upload"
+        raise CheckpointError(str(e).replace("the upload", name, 1)) from None
+    check_finite(state, name)
+    digest = hashlib.sha256(data).hexdigest()
+    folder = Path(runs_dir) / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digest}.safetensors"
+    if not path.exists():
+        save_safetensors(state, str(path), metadata={"original_name": name})
+    return Upload(path.resolve(), digest, len(state), sum(int(v.numel()) for v in state.values()), len(data))
+
+
+def parse_kwargs(text: str) -> dict:
+    """The architecture's keyword arguments, typed as a JSON object."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError('The architecture arguments must be JSON, for example {"width": 32}.') from None
+    if not isinstance(value, dict):
+        raise ConfigError('The architecture arguments must be a JSON object, for example {"width": 32}.')
+    return value
+
+
+def architecture_name(choice: str, tv_name: str = "", local_class: str = "") -> str:
+    """The engine's architecture string from the page's three ways of naming one."""
+    if choice == "tv:NAME":
+        if not tv_name.strip():
+            raise ModelError("Type the torchvision model's name, for example resnet18.")
+        return f"tv:{tv_name.strip()}"
+    if choice == "local class":
+        spec = local_class.strip()
+        if ".py:" not in spec:
+            raise ModelError("Give your class as path/to/file.py:ClassName.")
+        return spec
+    if choice not in ARCHITECTURES:
+        raise ModelError(f"Unknown architecture {choice!r}; choose one of {', '.join(ARCHITECTURES)}.")
+    return choice
+
+
+def data_spec(dataset: str, location: str = "", clean_count: int = 500, seed: int = 0) -> dict:
+    """The RunRequest's data spec: a name, a local root for torchvision sets, or a path."""
+    location = (location or "").strip()
+    if dataset in ("npz", "folder"):
+        if not location:
+            raise DataError(f"Give the path of the {dataset} dataset on this machine.")
+        spec = {"dataset": f"{dataset}:{location}"}
+    elif dataset in ("cifar10", "mnist", "gtsrb"):
+        if not location:
+            raise DataError(f"Give the local folder that holds {dataset} (this machine is offline).")
+        spec = {"dataset": dataset, "root": location}
+    elif dataset == "mnist5k":
+        spec = {"dataset": "mnist5k"}
+    else:
+        raise DataError(f"Unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}.")
+    if isinstance(clean_count, bool) or not isinstance(clean_count, int) or clean_count < 10:
+        raise DataError(f"The clean set needs at least 10 images, got {clean_count}.")
+    spec.update(clean_count=int(clean_count), seed=int(seed))
+    return spec
+
+
+def trigger_spec(kind: str, **fields) -> dict | None:
+    """A TriggerSpec dict from the page's fields, or None when the trigger is unknown."""
+    if kind == "unknown":
+        return None
+    keep = {"badnets": ("target", "size", "position", "color"), "blend": ("target", "alpha", "seed", "image")}
+    if kind not in keep:
+        raise TriggerError(f"Unknown trigger kind {kind!r}; choose badnets, blend or unknown.")
+    values = {k: fields[k] for k in keep[kind] if k in fields and fields[k] not in (None, "")}
+    return TriggerSpec(kind=kind, **values).to_dict()
+
+
+def check_choice(model_spec: dict, data: dict, trigger: dict | None):
+    """Build everything a run will need, once, to refuse a bad choice before a worker starts:
+    the model with its weights, the dataset, the fit between them, and the trigger.
+    Returns (model, bundle, trigger or None, description)."""
+    from defenses.runs import check_model_fits_data, load_data, load_model
+
+    bundle = load_data(data)
+    model, sample_trigger, title = load_model(model_spec, bundle.shape, bundle.num_classes)
+    check_model_fits_data(model, bundle)
+    spec = trigger if trigger is not None else sample_trigger
+    built = TriggerSpec.from_dict(spec).build(bundle.shape) if spec else None
+    if built is not None and not 0 <= built.target < bundle.num_classes:
+        raise TriggerError(f"The target label {built.target} is not one of the dataset's {bundle.num_classes} classes.")
+    return model, bundle, built, title

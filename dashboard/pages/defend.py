@@ -1,0 +1,149 @@
+"""Defend page: choose a defense and its hyperparameters, start it in a worker process, watch it."""
+import streamlit as st
+import torch
+
+from dashboard import cache, figures
+from dashboard.common import USER_ERRORS, current_choice, fmt_rate, page_link, show_error
+from dashboard.config_form import render, widget_key
+from dashboard.rundata import describe_run, live_view, run_path, runs_dir
+from defenses.base import all_defenses, config_from_dict
+from defenses.runs import RunRequest, cancel_run, list_runs, start_run
+
+st.title("Defend")
+choice = current_choice()
+if choice is None:
+    st.warning("Choose a model on the Model page first.")
+    st.stop()
+st.caption(f"Model: **{choice['label']}** (change it on the Model page). Each run works in its own process and "
+           "writes a run folder, so reloading this page, opening a second tab or restarting the server loses nothing.")
+
+defenses = all_defenses()
+names = list(defenses)
+name = st.selectbox("Defense", names, key="defense", format_func=lambda n: defenses[n].title)
+info = defenses[name]
+st.caption(info.summary + ("" if info.needs_data else " It needs no data."))
+
+
+def _use_quick(defense: str, quick: dict) -> None:
+    for field, value in quick.items():
+        st.session_state[widget_key(defense, field)] = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) \
+            else value
+
+
+quick = getattr(info, "quick", None) or {}
+params = None
+with st.expander("Hyperparameters (defaults are the paper's)", expanded=True):
+    if quick:
+        st.button(f"Use a quick demo budget ({', '.join(f'{k}={v}' for k, v in quick.items())})", key="quick",
+                  on_click=_use_quick, args=(name, quick))
+    try:
+        params = render(name, info.config_cls)
+        config_from_dict(info.config_cls, params)  # one sentence now rather than a failed run later
+    except USER_ERRORS as e:
+        show_error(e)
+        params = None
+
+c1, c2, c3 = st.columns([1, 2, 1])
+devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
+device = c1.selectbox("Device", devices, key="device")
+recover = True
+if name == "rnp":
+    recover = c2.checkbox("Then recover the trigger per label (Neural Cleanse on the unlearned model)", value=True,
+                          key="recover_triggers", help="Slow on a CPU: every label is optimised for 300 steps.")
+if c3.button("Start", type="primary", key="start", disabled=params is None, width="stretch"):
+    try:
+        request = RunRequest(defense=name, params=params, model=choice["model"], data=choice["data"],
+                             trigger=choice.get("trigger"), device=device, recover_triggers=recover,
+                             label=choice["label"])
+        run_dir = start_run(request, runs_dir())
+        st.session_state["run_id"] = run_dir.name
+        st.toast(f"Started {run_dir.name}")
+    except USER_ERRORS as e:
+        show_error(e)
+
+# ---------------------------------------------------------------- runs and the live view
+
+st.divider()
+runs = list_runs(runs_dir())
+if not runs:
+    st.info("No runs yet in this runs folder; start one above (or with `prunescope run` on the command line).")
+    st.stop()
+ids = [r["run_id"] for r in runs]
+by_id = {r["run_id"]: r for r in runs}
+current = st.session_state.get("run_id")
+watched = st.selectbox("Run to watch (newest first; runs started from the command line are here too)", ids,
+                       index=ids.index(current) if current in ids else 0, format_func=lambda i: describe_run(by_id[i]))
+st.session_state["run_id"] = watched
+
+
+def draw(run_id: str) -> bool:
+    """Redraw the live charts from the run folder; returns whether the run has ended."""
+    run_dir = run_path(run_id)
+    view = live_view(run_dir)
+    done = view.state == "done"
+    label = f"{view.state} · {view.stage}" + (f" · {view.step_stage} {view.step}/{view.total}" if view.total else "")
+    st.progress(1.0 if done else view.fraction, text=label)
+    if view.state == "failed":
+        st.error(f"The run failed: {view.error or 'no reason recorded'}")
+    elif view.state == "cancelled":
+        st.warning("The run was cancelled." + (" Its sweep was finished first: explore it." if
+                                               (run_dir / "sweep.json").exists() else ""))
+    elif done:
+        st.success("The run is finished.")
+        page_link("pages/explore.py", "Explore it →", "🔎")
+    if not view.finished and st.button("Cancel the run", key="cancel"):
+        cancel_run(run_dir)
+        st.toast("Cancel sent; the worker stops at its next step.")
+    if view.baseline:
+        b1, b2, _ = st.columns([1, 1, 2])
+        b1.metric("Baseline ACC", fmt_rate(view.baseline["acc"]))
+        b2.metric("Baseline ASR", fmt_rate(view.baseline["asr"]))
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(figures.loss_curve(view.defense_steps), key="live_loss")
+    with right:
+        snaps = {}
+        if view.snapshots:
+            first, last = view.snapshots[0], view.snapshots[-1]
+            snaps[f"step {first}"] = _flat(cache.snapshot(str(run_dir), first))
+            if last != first:
+                snaps[f"step {last}"] = _flat(cache.snapshot(str(run_dir), last))
+        if snaps:
+            st.plotly_chart(figures.snapshot_histogram(snaps, _default_cut(by_id.get(run_id))), key="live_hist")
+        else:
+            st.caption("Score snapshots appear here while the defense runs (this defense may write none).")
+    if view.probes:
+        st.plotly_chart(figures.probe_figure(view.probes), key="live_probes")
+    return view.finished
+
+
+def _default_cut(run: dict | None):
+    """The run's own fixed cut on mask values (ANP/RNP ``threshold``), for the live histogram."""
+    if not run:
+        return None
+    cfg = run["config"]
+    t = cfg.get("params", {}).get("threshold")
+    if t is None and cfg.get("defense") in defenses:
+        t = getattr(defenses[cfg["defense"]].config_cls(), "threshold", None)
+    return t if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+
+
+def _flat(scores: dict):
+    import numpy as np
+
+    return np.concatenate([np.ravel(v) for v in scores.values()]) if scores else np.zeros(0)
+
+
+@st.fragment(run_every=1)
+def live(run_id: str) -> None:
+    if draw(run_id):
+        st.rerun()  # the run ended: redraw the whole page once, without the timer
+
+
+try:
+    if live_view(run_path(watched)).finished:
+        draw(watched)
+    else:
+        live(watched)
+except USER_ERRORS as e:
+    show_error(e)

@@ -1,0 +1,169 @@
+"""Explore page: a finished run's scores, its threshold sweep, the trigger-free aids, the export.
+
+Moving the threshold (slider or a click on the sweep) only looks up the precomputed sweep point:
+no model is evaluated on that path, so the ACC/ASR update at once.
+"""
+import json
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import cache, figures, rundata
+from dashboard.common import USER_ERRORS, fmt_rate, page_link, save_threshold, saved_threshold, show_error
+
+st.title("Explore a finished run")
+runs = rundata.explorable_runs()
+if not runs:
+    st.info("No finished run yet: start one on the Defend page (or `prunescope run` on the command line).")
+    st.stop()
+ids = [r["run_id"] for r in runs]
+by_id = {r["run_id"]: r for r in runs}
+if st.session_state.get("explore_run") not in ids:  # first visit, or the widget was cleared by a page switch
+    st.session_state["explore_run"] = st.session_state.get("run_id") if st.session_state.get("run_id") in ids else ids[0]
+run_id = st.selectbox("Run", ids, key="explore_run", format_func=lambda i: rundata.describe_run(by_id[i]))
+st.session_state["run_id"] = run_id
+
+try:
+    run = cache.finished_run(run_id)
+except USER_ERRORS as e:
+    show_error(e)
+    st.stop()
+res = run.result
+options = run.thresholds
+if not options:
+    st.warning("This run's sweep is empty.")
+    st.stop()
+if run.status.get("state") != "done":
+    st.warning(f"This run is {run.status.get('state')} ({run.status.get('error') or 'after its sweep was written'}); "
+               "what it computed is shown below.")
+units_name = "mask threshold" if run.suspicious == "low" else "u (std-devs above the layer mean)"
+st.caption(f"{res.get('title', '')} · {run.defense} · scores: {rundata.score_label(run.suspicious)} · "
+           f"pruning rule: {res.get('prune_rule')} · threshold unit: {units_name}")
+
+# ---------------------------------------------------------------- the threshold
+
+
+def _set_threshold(value) -> None:
+    """Snap any proposed threshold (a click, an aid) to the precomputed grid and move the slider."""
+    if value is None:
+        return
+    t = rundata.nearest(options, float(value))
+    st.session_state["threshold"] = t
+    save_threshold(run_id, t)
+
+
+def _on_click(chart_key: str) -> None:
+    _set_threshold(rundata.threshold_from_selection(st.session_state.get(chart_key)))
+
+
+if st.session_state.get("threshold") not in options:
+    st.session_state["threshold"] = saved_threshold(run_id) if saved_threshold(run_id) in options \
+        else rundata.default_threshold(run)
+rows_by_t = {r["threshold"]: r for r in run.rows}
+threshold = st.select_slider(
+    f"Threshold ({units_name}); the ACC/ASR below are the precomputed sweep point", options=options, key="threshold",
+    format_func=lambda t: f"{t:g} · {rows_by_t[t]['n_pruned']} pruned",
+    on_change=lambda: save_threshold(run_id, st.session_state["threshold"]))
+save_threshold(run_id, threshold)
+row = rundata.row_at(run.rows, threshold)
+base = res.get("baseline", {})
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("ACC after pruning", fmt_rate(row["acc"]),
+          delta=None if base.get("acc") is None else f"{100 * (row['acc'] - base['acc']):+.1f} pts")
+asr_delta = None if not run.asr_known or base.get("asr") is None else f"{100 * (row['asr'] - base['asr']):+.1f} pts"
+m2.metric("ASR after pruning (test trigger)", fmt_rate(row["asr"]), delta=asr_delta, delta_color="inverse")
+m3.metric("Neurons pruned", f"{row['n_pruned']} / {sum(v.size for v in run.scores.values())}")
+d = res.get("default", {})
+m4.metric("Defense's own cut", f"{fmt_rate(d.get('acc'))} / {fmt_rate(d.get('asr'))}",
+          help=f"ACC / ASR at the defense's default cut ({d.get('n_pruned')} neurons); before pruning: "
+               f"{fmt_rate(base.get('acc'))} / {fmt_rate(base.get('asr'))}.")
+
+tab_sweep, tab_scores, tab_aids, tab_export = st.tabs(
+    ["Sweep", "Scores", "Triage without the trigger", "Suspicious neurons & export"])
+
+with tab_sweep:
+    st.caption("Red dashed curves use the **test ASR**, which needs the attacker's trigger: a real defender cannot "
+               "draw them. The aids that need no trigger are on the *Triage* tab.")
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(figures.sweep_figure(run.rows, threshold, x_title=units_name), key="sweep_chart",
+                        on_select=lambda: _on_click("sweep_chart"), selection_mode="points")
+    with right:
+        if run.asr_known:
+            st.plotly_chart(figures.tradeoff_figure(run.rows, threshold), key="tradeoff_chart",
+                            on_select=lambda: _on_click("tradeoff_chart"), selection_mode="points")
+        else:
+            st.info("The trigger is unknown, so there is no ASR curve; use the trigger-free aids.")
+
+with tab_scores:
+    kind = st.radio("Show as", ["histogram", "violin", "ecdf"], horizontal=True, key="dist_kind")
+    layers = list(run.scores)
+    chosen = st.multiselect("Layers", layers, default=layers, key="dist_layers")
+    units = rundata.sweep_units(run.scores, run.suspicious)
+    st.plotly_chart(figures.score_distribution({k: units[k] for k in chosen}, kind, threshold,
+                                               rundata.score_label(run.suspicious)), key="dist_chart")
+    density = (res.get("extras") or {}).get("density")
+    if density:
+        st.markdown("**Hölder-constant density per layer, with the cut the defense chose** "
+                    "(assumes a clean, frozen feature extractor)")
+        layer = st.selectbox("Layer", list(density), key="density_layer")
+        dd = density[layer]
+        st.plotly_chart(figures.density_figure(dd["x"], dd["y"], dd.get("cut"), dd.get("rule", ""),
+                                               run.scores.get(layer), layer), key="density_chart")
+
+with tab_aids:
+    st.caption("A real defender does not know the trigger. These aids choose a cut from the scores and the clean "
+               "accuracy alone; **Use** moves the threshold to the nearest precomputed point.")
+    a1, a2 = st.columns(2)
+    with a1:
+        budget = st.slider("ACC-drop budget (points)", 0.0, 20.0, 2.0, 0.5, key="budget") / 100
+        cut = rundata.acc_budget_cut(run.rows, base.get("acc", 1.0), budget)
+        st.plotly_chart(figures.acc_budget_figure(run.rows, base.get("acc", 1.0), budget,
+                                                  cut["threshold"] if cut else None, units_name), key="budget_chart")
+        if cut:
+            st.button(f"Use {cut['threshold']:g} ({cut['n_pruned']} neurons, ACC {fmt_rate(cut['acc'])})",
+                      key="use_budget", on_click=_set_threshold, args=(cut["threshold"],))
+    with a2:
+        values = rundata.sorted_suspicious(run)
+        gap, kn = rundata.largest_gap(values), rundata.knee(values)
+        st.plotly_chart(figures.sorted_scores_figure(values, gap, kn, rundata.score_label(run.suspicious)),
+                        key="sorted_chart")
+        for label, idx, key in (("largest gap", gap, "use_gap"), ("knee", kn, "use_knee")):
+            if idx is not None:
+                t = rundata.cut_for_count(values, idx + 1, run.suspicious)
+                st.button(f"Use the {label}: prune {idx + 1} neurons (threshold ≈ {t:.3g})", key=key,
+                          on_click=_set_threshold, args=(t,))
+    u = st.number_input("CLP's u rule: flag neurons more than u std-devs from their layer's mean", 0.0, 10.0, 3.0,
+                        0.5, key="u_rule")
+    n_u = rundata.u_rule_count(run, u)
+    if run.suspicious == "high":
+        st.button(f"Use u = {u:g} ({n_u} neurons)", key="use_u", on_click=_set_threshold, args=(u,))
+    else:
+        st.caption(f"The u rule flags {n_u} neurons whose mask is more than {u:g} std-devs below their layer's mean "
+                   "(masks share one scale, so the sweep itself cuts one global threshold).")
+    aid = rundata.rnp_aid(run)
+    if aid:
+        flagged = aid["flagged"]
+        if flagged:
+            asr = ", ".join(f"label {t}: {fmt_rate(aid['asr'].get(t))}" for t in flagged)
+            st.success(f"Trigger recovery flags label(s) {', '.join(map(str, flagged))} as the backdoor target; "
+                       f"its recovered trigger flips the original model on {asr} of clean images.")
+        else:
+            st.info(f"Trigger recovery flags no label (largest anomaly index {aid['anomaly']:.2f} for label "
+                    f"{aid['most_anomalous']}, threshold 2).")
+        page_link("pages/triggers.py", "See the recovered triggers →", "🎯")
+
+with tab_export:
+    top = st.slider("How many neurons", 5, 100, 20, 5, key="top_n")
+    table = rundata.suspicious_table(run, threshold, top)
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    manifest = rundata.manifest(run, threshold)
+    e1, e2 = st.columns(2)
+    stem = f"{run_id}-t{threshold:g}"
+    e1.download_button("Download the pruned model (.safetensors)", key="download_model",
+                       data=lambda: cache.pruned_model_bytes(run, threshold, manifest),
+                       file_name=f"{stem}.safetensors", mime="application/octet-stream")
+    e2.download_button("Download the manifest (.json)", key="download_manifest",
+                       data=json.dumps(manifest, indent=1), file_name=f"{stem}.json", mime="application/json")
+    st.caption(f"The manifest lists the {manifest['n_pruned']} pruned neurons with their scores, the rule and the "
+               "ACC/ASR before and after; the model file carries it in its metadata too.")

@@ -1,0 +1,75 @@
+"""Learn page: what each defense computes, with its formula, and what each chart shows."""
+import streamlit as st
+
+st.title("Learn: how the defenses work")
+st.markdown(
+    "A backdoored classifier behaves normally on clean images but outputs the attacker's **target label** whenever a "
+    "small **trigger** is present. All the defenses here **score every neuron** (one output channel: a BatchNorm "
+    "channel, or a Conv2d/Linear output channel where there is no BN; never the final classifier), then **prune** the "
+    "most suspicious ones. Two numbers judge the result on a held-out test split: **ACC**, the clean accuracy, and "
+    "**ASR**, the fraction of triggered images (true label not the target) that land on the target.")
+st.latex(r"\mathrm{ASR} = \Pr_{(x,y)\,:\,y \neq t}\big[f\big((1-M)\odot x + M \odot P\big) = t\big]")
+
+tabs = st.tabs(["ANP", "RNP", "Neural Cleanse", "CLP", "Hölder pruning", "Reading the charts"])
+with tabs[0]:
+    st.markdown("**Adversarial Neuron Pruning** (Wu & Wang, NeurIPS 2021). Backdoored networks collapse under small "
+                "adversarial perturbations of their neurons. Each neuron gets a mask $m \\in [0,1]$ and, for the "
+                "adversary, multiplicative noise $\\delta, \\xi \\in [-\\epsilon, \\epsilon]$ on its BN scale "
+                "$\\gamma$ and shift $\\beta$:")
+    st.latex(r"\gamma' = \gamma\,(m+\delta), \qquad \beta' = \beta\,(1+\xi)")
+    st.latex(r"\min_{m\in[0,1]^n}\; \alpha\,\mathcal{L}(m, 0) + (1-\alpha)\max_{\|\delta\|_\infty,\|\xi\|_\infty\le\epsilon}"
+             r"\mathcal{L}(m+\delta, \xi)")
+    st.markdown("The inner maximum is one signed-gradient step (of size $\\epsilon$) from a random start; the outer "
+                "step is SGD on the masks. Neurons whose mask falls **low** are pruned (paper's cut: 0.2). "
+                "Defaults: $\\epsilon=0.4$, $\\alpha=0.2$, mask lr 0.2, 2000 iterations of 128 images.")
+with tabs[1]:
+    st.markdown("**Reconstructive Neuron Pruning** (Li et al., ICML 2023): *unlearn, then recover*.")
+    st.latex(r"\text{1. unlearn: } \max_\theta \mathcal{L}_{CE}(f_\theta; D_{clean}) \text{ until train acc} \le 0.2")
+    st.latex(r"\text{2. recover: } \min_{m\in[0,1]^n} \mathcal{L}_{CE}(f_{\theta_{unl}} \text{ with } \gamma' = m\gamma"
+             r"; D_{clean})")
+    st.markdown("Gradient ascent quickly destroys the clean features but leaves the backdoor in place; recovering "
+                "clean accuracy with masks restores the clean filters and leaves the backdoor filters with **low** "
+                "masks, which are then pruned from the *original* model. The unlearned model is kept: it is what "
+                "trigger recovery works on.")
+with tabs[2]:
+    st.markdown("**Neural Cleanse** (Wang et al., S&P 2019), here run on RNP's unlearned model. For each label $t$, "
+                "find the smallest mask $M$ and a pattern $P$ that send clean images to $t$:")
+    st.latex(r"\min_{M,P}\; \mathcal{L}_{CE}\big(f((1-M)\odot x + M\odot P),\, t\big) + \lambda\,\|M\|_1")
+    st.latex(r"\text{anomaly}(t) = \frac{\operatorname{median}_k \|M_k\|_1 - \|M_t\|_1}"
+             r"{1.4826\cdot\operatorname{MAD}_k \|M_k\|_1}")
+    st.markdown("A label whose anomaly index exceeds **2** has a suspiciously small trigger and is flagged as the "
+                "backdoor target. None of this needs the true trigger.")
+with tabs[3]:
+    st.markdown("**Channel Lipschitzness-based Pruning** (Zheng et al., ECCV 2022), data-free. For a BN channel "
+                "$k$ after a convolution with filter $W_k$, the upper bound of its channel Lipschitz constant is")
+    st.latex(r"\mathrm{UCLC}_k = \sigma_{\max}(W_k)\,\frac{|\gamma_k|}{\sqrt{\mathrm{Var}_k}}")
+    st.latex(r"\text{prune } k \text{ if } \mathrm{UCLC}_k > \mu_{layer} + u\,\sigma_{layer}, \quad u = 3")
+    st.markdown("Here **high** is suspicious: a backdoor channel reacts strongly to a small input (the trigger). "
+                "Sweeps over CLP-style scores are over $u$, the number of standard deviations above the layer mean.")
+with tabs[4]:
+    st.markdown("**Hölder pruning** (an ICLR 2025 submission, withdrawn; no public code, so the definition here is "
+                "prunescope's). **Threat model: a clean, frozen feature extractor** with an MLP head trained on "
+                "poisoned data, so the backdoor sits in a few head neurons. For head neuron $i$, "
+                "$a_i(u) = \\phi(w_i\\cdot u + b_i)$:")
+    st.latex(r"H_i(\alpha) = \max_{n,\,k}\; \frac{|a_i(u_n + d) - a_i(u_n)|}{\|d\|_2^{\alpha}},\qquad"
+             r" d = \epsilon_k\,\frac{\nabla a_i(u_n)}{\|\nabla a_i(u_n)\|_2}")
+    st.markdown("With **one radius**, $\\alpha$ only rescales every constant by the same factor and cannot change "
+                "the ranking: **$\\alpha$ only matters with several radii** $\\epsilon_k$. At $\\alpha=1$ on the "
+                "pre-activation, $H_i = \\|w_i\\|_2$, CLP's constant. The cut is the first minimum of the constants' "
+                "kernel density to the right of its main mode (else mean $+\\,3\\,$std); the Explore page draws it.")
+with tabs[5]:
+    st.markdown("""
+- **Live view (Defend)**: the progress bar follows the worker's stages; the loss curve comes from the step events;
+  the histogram compares the first and the latest score snapshot (masks drifting down are the suspects); the
+  probes are the ACC/ASR of the model pruned at the default cut at each snapshot.
+- **Sweep (Explore)**: ACC and ASR of the model pruned at each precomputed threshold. Click a point or move the
+  slider: the numbers shown are those precomputed points, nothing is recomputed.
+- **ACC vs ASR**: the trade-off curve, top left is best. **Red dashed curves use the test trigger**, which a real
+  defender does not have.
+- **Triage without the trigger**: the ACC-drop budget (the largest cut whose clean accuracy stays within the
+  budget), the largest gap and the knee of the sorted scores, CLP's $u$ rule, and RNP's flagged label.
+- **Scores**: per-layer histograms, violins or ECDFs of the scores; Hölder runs add the density with its cut.
+- **Triggers**: mask $M$, pattern $P$ and $M\\odot P$ per label beside the true trigger, the anomaly index, and
+  captum attributions (Saliency: $|\\partial f_c/\\partial x|$; Integrated Gradients:
+  $(x - x_0)\\int_0^1 \\partial f_c(x_0 + s(x-x_0))/\\partial x\\,ds$) before and after pruning.
+""")

@@ -1,0 +1,140 @@
+"""Model page: pick a sample model or bring your own weights, dataset and trigger."""
+import json
+
+import streamlit as st
+
+from dashboard import cache, figures
+from dashboard.common import (USER_ERRORS, current_choice, default_sample, fmt_rate, sample_choice, show_error)
+from dashboard.modelsetup import (DATASETS, DEFAULT_MAX_UPLOAD_MB, POSITIONS, accept_upload, architecture_name,
+                                  data_spec, parse_kwargs, trigger_spec)
+from dashboard.rundata import runs_dir
+from defenses.models import ARCHITECTURES
+from sample_models import catalog
+
+st.title("Model")
+st.caption("Choose the model to examine: a small backdoored sample that ships with prunescope, or your own weights.")
+
+choice = current_choice()
+cat = catalog()
+names = list(cat)
+source = st.radio("Model source", ["Sample model", "Your own weights"], horizontal=True, key="model_source",
+                  index=0 if choice is None or "sample" in choice["model"] else 1)
+
+if source == "Sample model":
+    if not names:
+        st.warning("No sample model is trained yet; run `python -m sample_models.train` or bring your own weights.")
+    else:
+        current = choice["model"].get("sample") if choice else None
+        name = st.selectbox("Sample model", names, key="sample",
+                            index=names.index(current if current in names else default_sample()),
+                            format_func=lambda n: f"{cat[n]['title']}  ({n})")
+        entry = cat[name]
+        clean = st.number_input("Clean-set size (the defender's labelled clean images)", min_value=10, max_value=3500,
+                                value=int(choice["data"].get("clean_count", 500)) if choice else 500, step=50,
+                                key="clean_count")
+        trig = entry.get("trigger") or {}
+        st.caption(f"{entry['architecture']} on {entry.get('dataset')}; attack: **{entry.get('attack')}**"
+                   + (f", target label {trig.get('target')}, poison rate {entry.get('poison_rate')}"
+                      if entry.get("attack") != "none" else " (a clean control)")
+                   + f"; measured when trained: ACC {fmt_rate(entry.get('acc'))}, ASR {fmt_rate(entry.get('asr'))}.")
+        st.session_state["choice"] = sample_choice(name, int(clean))
+else:
+    max_mb = st.get_option("server.maxUploadSize") or DEFAULT_MAX_UPLOAD_MB
+    st.caption("Weights are read as safetensors or as a PyTorch state dict with `weights_only=True`: nothing in the "
+               "file is ever executed, and whole pickled models or TorchScript files are refused. "
+               "Save `model.state_dict()`.")
+    up_col, path_col = st.columns(2)
+    with up_col:
+        uploaded = st.file_uploader(f"Upload weights (up to {max_mb} MB)", type=["safetensors", "pt", "pth", "bin", "ckpt"],
+                                    key="upload")
+    with path_col:
+        local_path = st.text_input("…or the path of a weights file on this machine", key="weights_path")
+    a1, a2, a3 = st.columns(3)
+    with a1:
+        arch_choice = st.selectbox("Architecture", list(ARCHITECTURES) + ["tv:NAME", "local class"], key="arch")
+        tv_name = st.text_input("torchvision model name", key="tv_name") if arch_choice == "tv:NAME" else ""
+        local_class = (st.text_input("Your class as path/to/file.py:ClassName (this runs that file)",
+                                     key="local_class") if arch_choice == "local class" else "")
+    with a2:
+        kwargs_text = st.text_input("Architecture arguments (JSON)", value="{}", key="arch_kwargs")
+        num_classes = st.number_input("Number of classes (0: the dataset's)", min_value=0, value=0, step=1,
+                                      key="num_classes")
+    with a3:
+        dataset = st.selectbox("Dataset", DATASETS, key="dataset",
+                               help="mnist5k ships with the project (offline); the others are read from your disk.")
+        location = ("" if dataset == "mnist5k" else
+                    st.text_input("Local root folder" if dataset in ("cifar10", "mnist", "gtsrb") else "Path",
+                                  key="data_location"))
+        own_clean = st.number_input("Clean-set size", min_value=10, value=500, step=50, key="own_clean_count")
+
+    st.markdown("**Trigger** (if you know it; ASR needs it, every trigger-free aid works without it)")
+    kind = st.radio("Trigger", ["unknown", "badnets", "blend"], horizontal=True, key="trigger_kind",
+                    label_visibility="collapsed")
+    fields = {}
+    if kind != "unknown":
+        t1, t2, t3, t4 = st.columns(4)
+        fields["target"] = int(t1.number_input("Target label", min_value=0, value=0, step=1, key="trigger_target"))
+        if kind == "badnets":
+            fields["size"] = int(t2.number_input("Patch size (pixels)", min_value=1, value=3, step=1, key="trigger_size"))
+            fields["position"] = t3.selectbox("Position", POSITIONS, key="trigger_position")
+            colour = t4.text_input("Colour (grey level 0-1, or checkerboard)", value="1.0", key="trigger_color")
+            try:
+                fields["color"] = float(colour)
+            except ValueError:
+                fields["color"] = colour.strip()
+        else:
+            fields["alpha"] = float(t2.slider("Blend alpha", 0.01, 1.0, 0.2, key="trigger_alpha"))
+            fields["seed"] = int(t3.number_input("Pattern seed", min_value=0, value=0, step=1, key="trigger_seed"))
+            fields["image"] = t4.text_input("…or a pattern image path", key="trigger_image").strip() or None
+
+    if st.button("Check and use this model", type="primary", key="use_own"):
+        try:
+            if uploaded is not None:
+                upload = accept_upload(uploaded.getvalue(), uploaded.name, runs_dir(), int(max_mb) * 1024 * 1024)
+            elif local_path.strip():
+                from pathlib import Path
+
+                p = Path(local_path.strip()).expanduser()
+                if not p.is_file():
+                    raise FileNotFoundError(f"No weights file at {p}.")
+                upload = accept_upload(p.read_bytes(), p.name, runs_dir(), max_bytes=1 << 40)
+            else:
+                raise ValueError("Upload a weights file or give its path first.")
+            model_spec = {"architecture": architecture_name(arch_choice, tv_name, local_class),
+                          "checkpoint": str(upload.path), "arch_kwargs": parse_kwargs(kwargs_text),
+                          "num_classes": int(num_classes) or None, "input_shape": None}
+            new = {"model": model_spec, "data": data_spec(dataset, location, int(own_clean)),
+                   "trigger": trigger_spec(kind, **fields), "label": f"{model_spec['architecture']} · "
+                   f"{(uploaded.name if uploaded is not None else local_path.strip())}"}
+            summary = cache.model_summary(json.dumps(new, sort_keys=True))
+            # Record what the check found, so the run does not have to guess.
+            model_spec.update(input_shape=summary["shape"], num_classes=summary["num_classes"])
+            st.session_state["choice"] = new
+            st.success(f"Using {new['label']}: {upload.describe()}.")
+        except USER_ERRORS as e:
+            show_error(e)  # the previous choice stays in use
+
+choice = current_choice()
+if choice is None:
+    st.stop()
+st.divider()
+st.subheader(f"In use: {choice['label']}")
+try:
+    summary = cache.model_summary(json.dumps(choice, sort_keys=True))
+except USER_ERRORS as e:
+    show_error(e)
+    st.stop()
+m1, m2, m3 = st.columns(3)
+m1.metric("Clean accuracy (ACC)", fmt_rate(summary["acc"]))
+m2.metric("Attack success rate (ASR)", fmt_rate(summary["asr"]),
+          help="Fraction of triggered test images (true label not the target) classified as the target.")
+m3.metric("Classes", summary["num_classes"])
+st.caption(summary["data"])
+images = list(summary["clean"])
+titles = [f"label {y} → {p}" for y, p in zip(summary["labels"], summary["pred"])]
+if summary["triggered"] is not None:
+    images += list(summary["triggered"])
+    titles += [f"triggered → {p}" for p in summary["pred_triggered"]]
+st.plotly_chart(figures.image_grid(images, titles, ncols=len(summary["clean"]),
+                                   title="Test images (top) and the same with the trigger (bottom), with predictions"),
+                key="examples")

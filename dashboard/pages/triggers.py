@@ -1,0 +1,64 @@
+"""Triggers page: RNP's recovered triggers per label, the anomaly index, and captum attributions."""
+import json
+
+import streamlit as st
+
+from dashboard import cache, figures, rundata
+from dashboard.attributions import METHODS
+from dashboard.common import USER_ERRORS, fmt_rate, save_threshold, saved_threshold, show_error
+
+st.title("Recovered triggers")
+st.caption("After RNP, Neural Cleanse reverse-engineers a trigger for every label on the *unlearned* model, which has "
+           "lost its clean features but kept the backdoor: the true target's trigger comes out small.")
+runs = [r for r in rundata.explorable_runs() if (r["path"] / "triggers" / "recovery.json").exists()]
+if not runs:
+    st.info("No run with recovered triggers yet: start an RNP run on the Defend page with trigger recovery on.")
+    st.stop()
+ids = [r["run_id"] for r in runs]
+by_id = {r["run_id"]: r for r in runs}
+if st.session_state.get("triggers_run") not in ids:
+    st.session_state["triggers_run"] = st.session_state.get("run_id") if st.session_state.get("run_id") in ids else ids[0]
+run_id = st.selectbox("Run", ids, key="triggers_run", format_func=lambda i: rundata.describe_run(by_id[i]))
+
+try:
+    run = cache.finished_run(run_id)
+    rec = cache.recovered_triggers(str(run.path), (run.path / "triggers" / "recovery.json").stat().st_mtime)
+    shape = run.result.get("input_shape")
+    truth = cache.true_trigger(json.dumps(run.result.get("trigger")), json.dumps(shape)) if shape else None
+except USER_ERRORS as e:
+    show_error(e)
+    st.stop()
+
+st.plotly_chart(figures.trigger_grid(rec["labels"], rec["masks"], rec["patterns"], rec["flagged"],
+                                     *(truth if truth else (None, None))), key="trigger_grid")
+left, right = st.columns([3, 2])
+with left:
+    st.plotly_chart(figures.anomaly_bar(rec["labels"], rec["anomaly"], rec["flagged"], rec["threshold"]),
+                    key="anomaly_chart")
+with right:
+    asr = rec.get("asr_on_original") or [None] * len(rec["labels"])
+    st.dataframe([{"label": t, "mask L1": round(rec["l1"][i], 1), "anomaly index": round(rec["anomaly"][i], 2),
+                   "flagged": t in rec["flagged"], "flips the original model": fmt_rate(asr[i])}
+                  for i, t in enumerate(rec["labels"])], hide_index=True, width="stretch")
+
+st.subheader("Where the model looks, before and after pruning")
+c1, c2 = st.columns([1, 3])
+method = c1.radio("Attribution", METHODS, key="attr_method")
+options = run.thresholds
+start = saved_threshold(run_id) if saved_threshold(run_id) in options else rundata.default_threshold(run)
+if st.session_state.get("attr_threshold") not in options:
+    st.session_state["attr_threshold"] = start
+rows_by_t = {r["threshold"]: r for r in run.rows}
+threshold = c2.select_slider("Pruned at threshold", options=options, key="attr_threshold",
+                             format_func=lambda t: f"{t:g} · {rows_by_t[t]['n_pruned']} pruned")
+save_threshold(run_id, threshold)
+try:
+    maps = cache.attributions(run_id, threshold, method)
+except USER_ERRORS as e:
+    show_error(e)
+    st.stop()
+titles = [f"{t}<br>→ {a} / {b}" for t, a, b in zip(maps["titles"], maps["pred_before"], maps["pred_after"])]
+st.plotly_chart(figures.attribution_figure(maps["images"], maps["before"], maps["after"], titles, method),
+                key="attr_chart")
+st.caption("Column titles give the prediction before / after pruning. On a backdoored model the triggered inputs' "
+           "evidence sits on the trigger; after a good cut it moves back to the digit.")

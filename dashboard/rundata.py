@@ -1,0 +1,350 @@
+"""Reading a run folder into plain data for the pages, and the trigger-free triage aids.
+
+No Streamlit here and no training: everything is read from the files the worker wrote
+(``defenses.runs``), or computed from the scores with cheap array arithmetic, so the slider
+path never evaluates a model. The Streamlit caches that wrap these live in ``dashboard/cache.py``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from defenses.runs import FINAL, list_runs, list_snapshots, load_tensors, read_events, read_json, read_status
+
+
+def runs_dir() -> Path:
+    """The runs directory, read from the environment at call time (tests point it at a
+    temporary folder after the engine was imported)."""
+    return Path(os.environ.get("PRUNESCOPE_RUNS", "runs"))
+
+
+def run_path(run_id: str) -> Path:
+    return runs_dir() / run_id
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run is explorable once its sweep is written (a run cancelled during trigger recovery
+    already has its scores and sweep, and nothing computed should be hidden)."""
+    return (Path(run_dir) / "sweep.json").exists() and (Path(run_dir) / "result.json").exists()
+
+
+def model_label(config: dict) -> str:
+    """What model a run was on, for grouping runs: the sample name or the checkpoint's name."""
+    m = config.get("model", {})
+    if "sample" in m:
+        return m["sample"]
+    return f"{m.get('architecture', '?')} · {Path(str(m.get('checkpoint', '?'))).name}"
+
+
+def describe_run(run: dict) -> str:
+    cfg, st = run["config"], run["status"]
+    return f"{run['run_id']}  ·  {cfg.get('defense', '?')} on {model_label(cfg)}  ·  {st.get('state', '?')}"
+
+
+def explorable_runs() -> list[dict]:
+    return [r for r in list_runs(runs_dir()) if is_finished(r["path"])]
+
+
+# ---------------------------------------------------------------- live progress
+
+
+@dataclass
+class LiveView:
+    """What the live charts show, parsed from status.json and events.jsonl."""
+
+    state: str
+    error: str | None
+    stage: str  # the run's phase from its stage events: loading, defense, sweep, trigger recovery, done
+    step_stage: str  # the name the latest progress step carries (e.g. "anp", "recover", "sweep")
+    step: int
+    total: int
+    stages_seen: list[str] = field(default_factory=list)
+    defense_steps: list[dict] = field(default_factory=list)
+    probes: list[dict] = field(default_factory=list)
+    baseline: dict | None = None
+    snapshots: list[int] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL
+
+
+def live_view(run_dir: Path) -> LiveView:
+    status = read_status(run_dir)
+    events = read_events(run_dir)
+    prog = status.get("progress") or {}
+    step_stage, step, total = prog.get("stage", ""), prog.get("step", 0), prog.get("total", 0)
+    stages, defense_steps, probes, baseline = [], [], [], None
+    current = ""
+    for ev in events:
+        kind = ev.get("type")
+        if kind == "stage":
+            current = ev["stage"]
+            stages.append(current)
+        elif kind == "step" and current == "defense":
+            defense_steps.append(ev)
+        elif kind == "probe":
+            probes.append(ev)
+        elif kind == "baseline":
+            baseline = {"acc": ev.get("acc"), "asr": ev.get("asr")}
+    return LiveView(state=status.get("state", "?"), error=status.get("error"), stage=stages[-1] if stages else "queued",
+                    step_stage=str(step_stage), step=int(step or 0),
+                    total=int(total or 0), stages_seen=stages, defense_steps=defense_steps, probes=probes,
+                    baseline=baseline, snapshots=[s for s, _ in list_snapshots(run_dir)])
+
+
+def snapshot_scores(run_dir: Path, step: int) -> dict[str, np.ndarray]:
+    path = Path(run_dir) / "snapshots" / f"{step:07d}.safetensors"
+    return {k: v.numpy() for k, v in load_tensors(path).items()}
+
+
+# ---------------------------------------------------------------- a finished run
+
+
+@dataclass
+class FinishedRun:
+    run_id: str
+    path: Path
+    config: dict
+    status: dict
+    result: dict
+    sweep: dict  # {"threshold": [rows], "count": [rows]}
+    scores: dict[str, np.ndarray]  # in the order of result["layers"]
+    recovery: dict | None  # triggers/recovery.json, when trigger recovery ran
+
+    @property
+    def suspicious(self) -> str:
+        return self.result.get("suspicious", "low")
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.sweep.get("threshold", [])
+
+    @property
+    def thresholds(self) -> list[float]:
+        return [r["threshold"] for r in self.rows]
+
+    @property
+    def asr_known(self) -> bool:
+        return any(r.get("asr") is not None and r["asr"] == r["asr"] for r in self.rows)
+
+    @property
+    def defense(self) -> str:
+        return self.result.get("defense") or self.config.get("defense", "?")
+
+
+def load_finished(run_dir: Path) -> FinishedRun:
+    run_dir = Path(run_dir)
+    result = read_json(run_dir / "result.json")
+    sweep = read_json(run_dir / "sweep.json")
+    if result is None or sweep is None:
+        raise FileNotFoundError(f"Run {run_dir.name} has no results yet; wait for it to finish.")
+    raw = {k: v.numpy() for k, v in load_tensors(run_dir / "scores.safetensors").items()}
+    order = [l["name"] for l in result.get("layers", []) if l["name"] in raw]
+    scores = {k: raw[k] for k in order + sorted(set(raw) - set(order))}
+    recovery = read_json(run_dir / "triggers" / "recovery.json")
+    for rows in sweep.values():  # JSON has no NaN: the engine writes null for an unknown ASR
+        for r in rows:
+            if r.get("asr") is None:
+                r["asr"] = float("nan")
+    return FinishedRun(run_dir.name, run_dir, read_json(run_dir / "config.json", {}), read_status(run_dir), result,
+                       sweep, scores, recovery)
+
+
+def sweep_units(scores: dict[str, np.ndarray], suspicious: str) -> dict[str, np.ndarray]:
+    """The scores on the sweep's scale: masks as they are; constants standardized per layer, so
+    a threshold is CLP's ``u``. Computed by the engine's own function, in float32 as in the
+    sweep, so a neuron on the edge falls on the same side here as in sweep.json."""
+    from defenses.evaluation import sweep_scores
+
+    units = sweep_scores({k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in scores.items()}, suspicious)
+    return {k: v.numpy() for k, v in units.items()}
+
+
+def score_label(suspicious: str) -> str:
+    return "mask value (low = suspicious)" if suspicious == "low" else "u = std-devs above the layer mean"
+
+
+def selected(units: dict[str, np.ndarray], threshold: float, suspicious: str) -> dict[str, np.ndarray]:
+    """Boolean arrays of the neurons a threshold prunes, by the engine's rule (``<=`` for masks,
+    ``>`` for constants, compared in float32)."""
+    from defenses.neurons import selection_by_threshold
+
+    sel = selection_by_threshold({k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in units.items()},
+                                 float(threshold), suspicious)
+    return {k: v.numpy() for k, v in sel.items()}
+
+
+def row_at(rows: list[dict], threshold: float) -> dict:
+    """The precomputed sweep point of a threshold (the nearest one if it is not on the grid)."""
+    return min(rows, key=lambda r: abs(r["threshold"] - threshold))
+
+
+def threshold_from_selection(event) -> float | None:
+    """The threshold of the first clicked point of a Plotly selection event (the sweep charts
+    carry each point's threshold in ``customdata``); None when nothing usable was clicked."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points or []:
+        data = p.get("customdata") if hasattr(p, "get") else None
+        if isinstance(data, (list, tuple)):
+            data = data[0] if data else None
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return float(data)
+    return None
+
+
+def nearest(options: list[float], value: float) -> float:
+    return min(options, key=lambda o: abs(o - value))
+
+
+def default_threshold(run: FinishedRun) -> float:
+    """Where the slider starts: the defense's own cut when it is one number, else ``u`` from the
+    config, else the grid point pruning about as many neurons as the default cut."""
+    options = run.thresholds
+    t = run.result.get("threshold")
+    if isinstance(t, (int, float)):
+        return nearest(options, float(t))
+    u = run.result.get("config", {}).get("u")
+    if isinstance(u, (int, float)):
+        return nearest(options, float(u))
+    n = run.result.get("default", {}).get("n_pruned", 0)
+    return min(run.rows, key=lambda r: (abs(r["n_pruned"] - n), r["threshold"]))["threshold"]
+
+
+def suspicious_table(run: FinishedRun, threshold: float, top: int = 20) -> list[dict]:
+    """The ``top`` most suspicious neurons over all layers, and whether the threshold prunes them."""
+    units = sweep_units(run.scores, run.suspicious)
+    sel = selected(units, threshold, run.suspicious)
+    rows = []
+    for layer, s in run.scores.items():
+        for i, (v, u) in enumerate(zip(np.asarray(s, dtype=float), units[layer])):
+            rows.append({"layer": layer, "index": i, "score": float(v), "u": float(u), "pruned": bool(sel[layer][i])})
+    rows.sort(key=lambda r: r["u"], reverse=run.suspicious == "high")
+    rows = rows[:top]
+    if run.suspicious == "low":  # for masks the sweep value is the score itself
+        for r in rows:
+            r.pop("u")
+    return rows
+
+
+def pruned_neurons(run: FinishedRun, threshold: float) -> list[dict]:
+    units = sweep_units(run.scores, run.suspicious)
+    sel = selected(units, threshold, run.suspicious)
+    return [{"layer": layer, "index": int(i), "score": float(run.scores[layer][i])}
+            for layer, mask in sel.items() for i in np.flatnonzero(mask)]
+
+
+def manifest(run: FinishedRun, threshold: float) -> dict:
+    """What the exported model is: which run, which cut, which neurons, and its ACC/ASR before
+    and after, all from the run folder."""
+    row = row_at(run.rows, threshold)
+    neurons = pruned_neurons(run, threshold)
+    base = run.result.get("baseline", {})
+    return {
+        "run_id": run.run_id,
+        "defense": run.defense,
+        "model": run.config.get("model"),
+        "threshold": threshold,
+        "threshold_units": "mask value" if run.suspicious == "low" else "u (std-devs above the layer mean)",
+        "suspicious": run.suspicious,
+        "rule": run.result.get("prune_rule"),
+        "n_pruned": len(neurons),
+        "pruned": neurons,
+        "before": {"acc": base.get("acc"), "asr": _num(base.get("asr"))},
+        "after": {"acc": row["acc"], "asr": _num(row["asr"])},
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _num(v):
+    return None if v is None or v != v else float(v)
+
+
+# ---------------------------------------------------------------- trigger-free aids
+
+
+def acc_budget_cut(rows: list[dict], baseline_acc: float, budget: float) -> dict | None:
+    """The sweep point that prunes the most neurons while ACC stays within ``budget`` of the
+    baseline: a cut a defender can choose without knowing the trigger."""
+    ok = [r for r in rows if r["acc"] >= baseline_acc - budget - 1e-9]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: r["n_pruned"])  # the first of equals: the mildest cut pruning that many
+
+
+def sorted_suspicious(run: FinishedRun) -> np.ndarray:
+    """Every neuron's sweep value, most suspicious first."""
+    units = sweep_units(run.scores, run.suspicious)
+    flat = np.concatenate([v.ravel().astype(float) for v in units.values()]) if units else np.zeros(0)
+    return np.sort(flat)[::-1] if run.suspicious == "high" else np.sort(flat)
+
+
+def largest_gap(values: np.ndarray, within: float = 0.5) -> int | None:
+    """Index i of the largest jump between sorted values i and i+1 among the most suspicious
+    ``within`` fraction: pruning the first i+1 neurons cuts the scores at that gap."""
+    v = np.asarray(values, dtype=float)
+    n = max(1, int(len(v) * within))
+    if len(v) < 2:
+        return None
+    gaps = np.abs(np.diff(v[:n + 1]))
+    return int(np.argmax(gaps)) if gaps.size and gaps.max() > 0 else None
+
+
+def knee(values: np.ndarray) -> int | None:
+    """The knee of the sorted curve: the point farthest from the straight line joining its ends
+    (Kneedle's idea, on the normalised curve)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 3 or v.max() == v.min():
+        return None
+    x = np.linspace(0, 1, len(v))
+    y = (v - v.min()) / (v.max() - v.min())
+    d = np.abs((y[-1] - y[0]) * x - (x[-1] - x[0]) * y + x[-1] * y[0] - y[-1] * x[0])
+    return int(np.argmax(d))
+
+
+def cut_for_count(values: np.ndarray, count: int, suspicious: str) -> float:
+    """A threshold (sweep units) that prunes the first ``count`` neurons of ``values`` (sorted
+    most suspicious first): the value itself for masks (``<=``), just below it for constants."""
+    v = values[count - 1]
+    return float(v) if suspicious == "low" else float(v) - 1e-9
+
+
+def u_rule_count(run: FinishedRun, u: float = 3.0) -> int:
+    """How many neurons CLP's rule flags: more than ``u`` std-devs from the layer mean on the
+    suspicious side (above for constants, below for masks)."""
+    z = sweep_units(run.scores, "high")  # standardized, whatever the direction
+    if run.suspicious == "high":
+        return int(sum(int((v > u).sum()) for v in z.values()))
+    return int(sum(int((v < -u).sum()) for v in z.values()))
+
+
+def rnp_aid(run: FinishedRun) -> dict | None:
+    """RNP's own evidence: the flagged label and how often its recovered trigger flips the
+    original model (no true trigger needed)."""
+    rec = run.recovery
+    if not rec:
+        return None
+    labels = rec["labels"]
+    asr = rec.get("asr_on_original") or rec.get("asr_on_model") or [None] * len(labels)
+    flagged = rec.get("flagged", [])
+    best = int(np.argmax(rec["anomaly"])) if rec.get("anomaly") else None
+    return {"flagged": flagged, "most_anomalous": labels[best] if best is not None else None,
+            "anomaly": rec["anomaly"][best] if best is not None else None,
+            "asr": {t: asr[i] for i, t in enumerate(labels)}}
+
+
+def read_manifest_bytes(m: dict) -> bytes:
+    return json.dumps(m, indent=1).encode()

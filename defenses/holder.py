@@ -1,0 +1,478 @@
+"""Hölder pruning: score the neurons of an MLP head by a Hölder constant, prune the high ones.
+
+From a withdrawn ICLR 2025 submission ("Hölder pruning"; exponent alpha = 0.5, threshold from
+the density of the constants). **No code and no full text of the paper are public, so the
+definition implemented here is ours**, written down in SPEC-defenses.md ("Hölder pruning"):
+
+Threat model: a clean, frozen feature extractor and an MLP head trained on poisoned data. Only
+the head is scored and pruned: the neuron layers of kind ``linear`` (Linear layers not followed
+by BatchNorm, the final classifier excluded). For neuron i of a head layer with input u,
+a_i(u) = phi(w_i . u + b_i), phi the activation module applied to the layer's output
+(``activation="post"``) or the identity (``"pre"``), and
+
+    H_i(alpha) = max over samples n and radii eps_k of |a_i(u_n + d) - a_i(u_n)| / |d| ** alpha,
+    d = eps_k * g / |g|_2,  g = gradient of a_i at u_n  (an L2 fast-gradient step),
+
+u_n the layer inputs of the data passed as ``clean_data`` (the defender's poisoned training
+samples when there are any, else the clean set), radii ``eps_k = radii[k] * median_n(|u_n|_2 /
+sqrt(dim u))`` per layer. High is suspicious.
+
+Layer space (default) is closed form: g = phi'(z) w_i with z = w_i . u + b_i, so the step moves
+the pre-activation by sign(phi'(z)) * eps_k * |w_i|_2 and every neuron of a layer is scored in
+one batched pass, for deeper head layers too (each is scored on its own input).
+
+Choices the spec leaves open, and deviations:
+- **dead units**: where phi'(z) = 0 (a ReLU that is off on that sample) the gradient is 0, the
+  step has no direction, and we define the ratio as 0 for that sample and neuron. A unit that is
+  off on every sample gets the constant 0. Consequence for ReLU heads: with L2 steps in layer
+  space H_i = |w_i|_2 * max_k eps_k ** (1 - alpha) for every unit active on some sample, so the
+  ranking within a layer is the weight-row norm among active units and alpha only rescales the
+  layer (it matters for saturating activations, and in input space).
+- **the density is fitted to the non-zero constants**: inactive units (constant 0) would
+  otherwise form a spike that becomes the "main mode", and the first minimum to its right would
+  cut away every active unit. A constant of 0 is never above a cut, so they are never pruned by
+  the density rule; their count is in ``extras["inactive"]``. The mean + u * std fallback uses
+  the same non-zero constants.
+- ``step="fgsm"``: d = eps_k * sign(g), measured in the L-infinity norm (|d|_inf = eps_k), so at
+  alpha = 1 on the pre-activation the constant is |w_i|_1, the dual norm, as CLP's is |w_i|_2.
+- ``space="input"``: d perturbs the image through the frozen extractor (and the head layers
+  before this one), eps_k = 8/255 * radii[k]; the gradient of a_i with respect to the image is
+  taken by one backward per neuron (per batch), and a_i(x + d) by a forward pass. Perturbed
+  images are not clipped to [0, 1]: this measures sensitivity, not a valid attack.
+- ``activation="post"`` needs the activation to be a module (nn.ReLU, nn.GELU, ...) applied
+  directly to the Linear's output; when none is found (e.g. ``F.relu`` in ``forward``) the
+  identity is used and ``extras["activation"]`` says so.
+- radius scale: the median of |u_n|_2 / sqrt(dim u); if it is 0 the mean, and if that is 0 too,
+  1 (reported in ``extras["radius_scale"]``).
+
+Threshold (per layer): a Gaussian kernel density of the constants (scipy, Scott's bandwidth)
+evaluated on a fine grid; the cut is the first density minimum to the right of the main mode
+(the grid maximum), ignoring wiggles below 1e-6 of the peak; if there is none, mean + u * std
+(unbiased); with ``top_p`` the top round(p * size) neurons of each layer are cut instead. The
+curve, the cut and the rule are in ``extras["density"]`` for plotting, the absolute radii in
+``extras["radii"]``. Pruned neurons lose their weight row and bias (rule ``"both"``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import (Callback, ConfigError, DefenseResult, NullCallback, check_clean_data, check_range, log_every,
+                   register, resolve_device)
+from .data import ArraySplit
+from .neurons import NeuronMap, find_neurons, working_copy
+
+INPUT_EPS = 8 / 255  # the input-space radius unit, the usual L-infinity budget on [0, 1] images
+GRID_POINTS = 1024
+RISE_TOL = 1e-6  # a density minimum must be followed by a rise of this fraction of the peak
+ASSUMPTION = ("The feature extractor is assumed clean: only the MLP head's neurons are scored and pruned; "
+              "a backdoor hidden in the extractor is out of reach of this defense.")
+
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+               nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+               nn.Tanhshrink, nn.LogSigmoid)
+
+
+@dataclass(frozen=True)
+class HolderConfig:
+    alpha: float = 0.5  # the Hölder exponent; 1 gives a Lipschitz constant (CLP's, on "pre")
+    radii: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)  # multiples of the layer's input scale
+    step: str = "l2"  # "l2": d along the gradient; "fgsm": d = eps * sign(gradient), L-infinity
+    space: str = "layer"  # "layer": perturb the layer's input; "input": perturb the image
+    activation: str = "post"  # "post": a_i after the activation; "pre": the Linear's output
+    u: float = 3.0  # fallback cut: mean + u * std when the density has no minimum
+    top_p: float | None = None  # if set, prune the top p fraction of each layer instead
+    batch_size: int = 256
+    max_samples: int | None = None  # score on a random subset of this many samples
+    seed: int = 0  # draws the subset when max_samples is set
+
+    def __post_init__(self):
+        check_range("alpha", self.alpha, 0, 1, low_open=True)
+        radii = self.radii
+        if isinstance(radii, (int, float)):
+            radii = (radii,)
+        if not isinstance(radii, (tuple, list)) or not radii:
+            raise ConfigError(f"radii must be a non-empty list of positive numbers, got {self.radii!r}.")
+        for r in radii:
+            check_range("each radius", r, 0, 1e6, low_open=True)
+        object.__setattr__(self, "radii", tuple(float(r) for r in radii))
+        for name, value, options in (("step", self.step, ("l2", "fgsm")), ("space", self.space, ("layer", "input")),
+                                     ("activation", self.activation, ("post", "pre"))):
+            if value not in options:
+                raise ConfigError(f"{name} must be {' or '.join(repr(o) for o in options)}, got {value!r}.")
+        check_range("u", self.u, 0, 100)
+        if self.top_p is not None:
+            check_range("top_p", self.top_p, 0, 1, low_open=True)
+        check_range("batch_size", self.batch_size, 1, 1_000_000, integer=True)
+        if self.max_samples is not None:
+            check_range("max_samples", self.max_samples, 1, 100_000_000, integer=True)
+        check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
+
+
+# ---------------------------------------------------------------- head and activations
+
+
+def head_layers(nmap: NeuronMap) -> list[str]:
+    """The neuron layers Hölder pruning scores: Linear layers with no BN after them, in order."""
+    names = [l.name for l in nmap.layers if l.kind == "linear"]
+    if not names:
+        raise ValueError("Hölder pruning needs an MLP head on a frozen feature extractor: this model has no Linear "
+                         "layer (without BatchNorm after it) besides its final classifier.")
+    return names
+
+
+def find_activations(model: nn.Module, layers: list[str], example: torch.Tensor) -> dict[str, nn.Module | None]:
+    """The elementwise activation module applied directly to each layer's output, if any,
+    found by tensor identity in one traced forward (hooks removed in ``finally``)."""
+    names = {m: n for n, m in model.named_modules()}
+    outputs, consumers, keep = {}, {}, []
+
+    def out_hook(mod, inputs, output):
+        keep.append(output)
+        outputs.setdefault(names[mod], id(output))
+
+    def act_hook(mod, inputs):
+        if inputs and isinstance(inputs[0], torch.Tensor):
+            keep.append(inputs[0])
+            consumers.setdefault(id(inputs[0]), mod)
+
+    handles = [model.get_submodule(n).register_forward_hook(out_hook) for n in layers]
+    handles += [m.register_forward_pre_hook(act_hook) for m in model.modules() if isinstance(m, ACTIVATIONS)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: consumers.get(outputs.get(n)) for n in layers}
+
+
+def apply_phi(phi: nn.Module | None, z: torch.Tensor) -> torch.Tensor:
+    # A clone, because activation modules may work in place (nn.ReLU(inplace=True)).
+    return z if phi is None else phi(z.clone())
+
+
+def phi_sign_slope(phi: nn.Module | None, z: torch.Tensor) -> torch.Tensor:
+    """sign(phi'(z)) elementwise (0 where the activation is flat, e.g. an inactive ReLU)."""
+    if phi is None:
+        return torch.ones_like(z)
+    with torch.enable_grad():
+        zz = z.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(apply_phi(phi, zz).sum(), zz)
+    return g.sign()
+
+
+# ---------------------------------------------------------------- the constants
+
+
+def layer_space_ratios(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, phi: nn.Module | None,
+                       radii: torch.Tensor, alpha: float, step: str) -> torch.Tensor:
+    """Closed-form Hölder ratios, (K radii, N samples, H neurons), of a_i = phi(w_i . u + b_i).
+
+    The gradient of a_i is phi'(z) w_i, so the step d moves z by sign(phi') * eps * |w_i|_2
+    (L2 step, |d|_2 = eps) or sign(phi') * eps * |w_i|_1 (sign step, |d|_inf = eps). Where
+    phi' = 0 the step is 0 and so is the ratio: the dead-unit convention."""
+    z = u @ weight.T
+    if bias is not None:
+        z = z + bias
+    s = phi_sign_slope(phi, z)
+    row = weight.norm(p=2 if step == "l2" else 1, dim=1)
+    shift = radii.view(-1, 1, 1) * (s * row).unsqueeze(0)  # K x N x H
+    a0 = apply_phi(phi, z)
+    a1 = apply_phi(phi, (z.unsqueeze(0) + shift).reshape(-1, z.shape[-1])).reshape(shift.shape)
+    return (a1 - a0.unsqueeze(0)).abs() / radii.view(-1, 1, 1) ** alpha
+
+
+def ratios_to_max(ratios: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over radii and samples of (K, N, H) ratios, and which radius gave it (H,)."""
+    per_radius = ratios.amax(dim=1)  # K x H
+    best, which = per_radius.max(dim=0)
+    return best, which
+
+
+# ---------------------------------------------------------------- the threshold
+
+
+def density_threshold(values: torch.Tensor, u: float = 3.0, top_p: float | None = None,
+                      grid_points: int = GRID_POINTS) -> dict:
+    """The default cut of one layer's constants, with the density curve it came from.
+
+    Returns {"x": grid, "y": density, "cut": float, "rule": "kde-minimum" | "mean+u*std" |
+    "top-p"}. The density (Gaussian KDE, Scott's bandwidth) is fitted to the non-zero
+    constants; x and y are empty when it cannot be fitted (fewer than two distinct values)."""
+    v = values.detach().double().cpu().numpy()
+    live = v[v > 0]
+    x, y = [], []
+    kde_cut = None
+    if np.unique(live).size >= 2:
+        from scipy.stats import gaussian_kde
+
+        try:
+            kde = gaussian_kde(live)  # Scott's rule is scipy's default bandwidth
+        except (np.linalg.LinAlgError, ValueError):
+            kde = None
+        if kde is not None:
+            bw = float(np.sqrt(kde.covariance[0, 0]))
+            grid = np.linspace(live.min() - 3 * bw, live.max() + 3 * bw, grid_points)
+            dens = kde(grid)
+            x, y = grid.tolist(), dens.tolist()
+            j = first_minimum_right_of_mode(dens)
+            if j is not None:
+                kde_cut = float(grid[j])
+    if top_p is not None:
+        k = int(math.floor(top_p * v.size + 0.5))
+        desc = np.sort(v)[::-1]
+        if k <= 0:
+            cut = float(desc[0])
+        elif k >= v.size:
+            cut = float(desc[-1]) - 1.0
+        else:  # halfway between the last pruned and the first kept value (ties keep both)
+            cut = float((desc[k - 1] + desc[k]) / 2)
+        return {"x": x, "y": y, "cut": cut, "rule": "top-p"}
+    if kde_cut is not None:
+        return {"x": x, "y": y, "cut": kde_cut, "rule": "kde-minimum"}
+    pop = live if live.size else v
+    std = float(pop.std(ddof=1)) if pop.size > 1 else 0.0
+    return {"x": x, "y": y, "cut": float(pop.mean()) + u * std, "rule": "mean+u*std"}
+
+
+def first_minimum_right_of_mode(dens: np.ndarray) -> int | None:
+    """Index of the first local minimum to the right of the global maximum: the lowest point
+    reached before the density rises again by more than RISE_TOL of the peak; None if it never
+    does (the density falls off to the right of its mode)."""
+    mode = int(np.argmax(dens))
+    tol = RISE_TOL * float(dens[mode])
+    lowest = mode
+    for j in range(mode + 1, len(dens)):
+        if dens[j] < dens[lowest]:
+            lowest = j
+        elif dens[j] > dens[lowest] + tol:
+            return lowest if lowest != mode else None
+    return None
+
+
+# ---------------------------------------------------------------- the defense
+
+
+@register("holder", "Hölder pruning (MLP head)", HolderConfig, summary=(
+    "Scores each neuron of the MLP head by a Hölder constant (its worst response to small input "
+    "perturbations over a grid of radii) and prunes the high ones at the first minimum of their "
+    "density. Assumes a clean frozen feature extractor: only the head is pruned."))
+class Holder:
+    def __init__(self, config: HolderConfig | None = None, **kwargs):
+        self.config = config if config is not None else HolderConfig(**kwargs)
+
+    def run(self, model, clean_data: ArraySplit, callback: Callback | None = None, device=None) -> DefenseResult:
+        cfg = self.config
+        callback = callback or NullCallback()
+        error = None
+        t0 = time.perf_counter()
+        try:
+            check_clean_data(clean_data, "Hölder pruning")
+            device = resolve_device(model, device)
+            nmap = find_neurons(model, tuple(clean_data.x.shape[1:]), resolve_device(model, None))
+            layers = head_layers(nmap)
+            data = clean_data
+            if cfg.max_samples is not None and len(data) > cfg.max_samples:
+                gen = torch.Generator().manual_seed(cfg.seed)
+                data = data.subset(torch.randperm(len(data), generator=gen)[:cfg.max_samples].sort().values)
+            net = working_copy(model, device)
+            net.eval()
+            example = data.images(torch.arange(min(2, len(data)))).to(device)
+            acts = find_activations(net, layers, example)
+            phis = {n: (acts[n] if cfg.activation == "post" else None) for n in layers}
+            n_batches = math.ceil(len(data) / cfg.batch_size)
+            stages = ({"radii": n_batches, "constants": n_batches} if cfg.space == "layer"
+                      else {"constants": n_batches * len(layers)})
+            stages["threshold"] = len(layers)
+            total = sum(stages.values())
+            callback.begin(total, stages)
+            t_score = time.perf_counter()
+            if cfg.space == "layer":
+                scores, wins, radii, scale = self._layer_space(net, data, layers, phis, device, callback, total)
+            else:
+                scores, wins, radii, scale = self._input_space(net, data, layers, phis, device, callback, total)
+            scoring_s = time.perf_counter() - t_score
+            step = total - len(layers)
+            density, thresholds = {}, {}
+            for name in layers:
+                density[name] = density_threshold(scores[name], cfg.u, cfg.top_p)
+                thresholds[name] = density[name]["cut"]
+                step += 1
+                callback.step("threshold", step, total, {"cut": thresholds[name]})
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            callback.end(error)
+        elapsed = time.perf_counter() - t0
+        head = set(layers)
+        frozen = not any(p.requires_grad for n, p in model.named_parameters() if n.rsplit(".", 1)[0] not in head
+                         and n.rsplit(".", 1)[0] != nmap.classifier)
+        extras = {
+            "density": density,
+            "radii": radii,
+            "radius_scale": scale,
+            "radius_wins": wins,
+            "activation": {n: describe_activation(acts[n], cfg.activation) for n in layers},
+            "inactive": {n: int((scores[n] == 0).sum()) for n in layers},
+            "n_pruned": {n: int((scores[n] > thresholds[n]).sum()) for n in layers},
+            "samples": len(data),
+            "assumption": ASSUMPTION,
+            "extractor_frozen": frozen,
+        }
+        return DefenseResult(
+            defense="holder", scores=scores, suspicious="high", prune_rule="both", threshold=thresholds,
+            config=dataclasses.asdict(cfg), timings={"total_s": elapsed, "scoring_s": scoring_s}, extras=extras,
+        )
+
+    # -------------------------------------------------------- layer space: closed form
+
+    def _layer_space(self, net, data, layers, phis, device, callback, total):
+        cfg = self.config
+        captured: dict[str, torch.Tensor] = {}
+
+        def hook_for(name):
+            def hook(mod, inputs, output):
+                # A copy: later in-place operations must not change what we read.
+                captured[name] = inputs[0].detach().reshape(-1, mod.in_features).clone()
+            return hook
+
+        handles = [net.get_submodule(n).register_forward_hook(hook_for(n)) for n in layers]
+        # float64 copies of the activations (a PReLU has a float32 weight of its own).
+        phis64 = {n: None if phis[n] is None else copy.deepcopy(phis[n]).double() for n in layers}
+        n_batches = math.ceil(len(data) / cfg.batch_size)
+        every = log_every(n_batches, 20)
+        step = 0
+        try:
+            norms = {n: [] for n in layers}
+            with torch.no_grad():
+                for x, _ in data.batches(cfg.batch_size):
+                    net(x.to(device))
+                    for n in layers:
+                        u = captured[n]
+                        norms[n].append((u.norm(dim=1) / math.sqrt(u.shape[1])).cpu())
+                    step += 1
+                    callback.step("radii", step, total, {})
+            scale = {n: radius_scale(torch.cat(norms[n])) for n in layers}
+            radii = {n: torch.tensor(cfg.radii, dtype=torch.float64) * scale[n] for n in layers}
+            best = {n: torch.zeros(net.get_submodule(n).out_features, dtype=torch.float64) for n in layers}
+            which = {n: torch.zeros_like(best[n], dtype=torch.long) for n in layers}
+            with torch.no_grad():
+                for x, _ in data.batches(cfg.batch_size):
+                    net(x.to(device))
+                    for n in layers:
+                        mod = net.get_submodule(n)
+                        # float64: at small radii a_i(u + d) - a_i(u) loses digits in float32.
+                        r = layer_space_ratios(captured[n].double(), mod.weight.double(),
+                                               None if mod.bias is None else mod.bias.double(), phis64[n],
+                                               radii[n].to(device), cfg.alpha, cfg.step)
+                        b, w = ratios_to_max(r)
+                        b, w = b.cpu(), w.cpu()
+                        better = b > best[n]
+                        best[n] = torch.where(better, b, best[n])
+                        which[n] = torch.where(better, w, which[n])
+                    captured.clear()
+                    step += 1
+                    callback.step("constants", step, total, {})
+                    if (step - n_batches) % every == 0 and step < 2 * n_batches:
+                        callback.snapshot({n: best[n].float().clone() for n in layers}, step)
+        finally:
+            for h in handles:
+                h.remove()
+        wins = {n: win_counts(which[n], best[n], len(cfg.radii)) for n in layers}
+        return ({n: best[n].float() for n in layers}, wins, {n: radii[n].tolist() for n in layers}, scale)
+
+    # -------------------------------------------------------- input space: through the extractor
+
+    def _input_space(self, net, data, layers, phis, device, callback, total):
+        cfg = self.config
+        eps = torch.tensor(cfg.radii, dtype=torch.float32, device=device) * INPUT_EPS
+        k = eps.numel()
+        captured: dict[str, torch.Tensor] = {}
+        active = {"name": None}
+
+        def hook_for(name):
+            def hook(mod, inputs, output):
+                if active["name"] == name:
+                    captured[name] = output.clone()  # in-place activations must not alter it
+            return hook
+
+        handles = [net.get_submodule(n).register_forward_hook(hook_for(n)) for n in layers]
+        best = {n: torch.zeros(net.get_submodule(n).out_features, dtype=torch.float64) for n in layers}
+        which = {n: torch.zeros_like(best[n], dtype=torch.long) for n in layers}
+        n_batches = math.ceil(len(data) / cfg.batch_size)
+        every = log_every(n_batches, 20)
+        step = 0
+        try:
+            for bi, (x, _) in enumerate(data.batches(cfg.batch_size), 1):
+                x = x.to(device)
+                for n in layers:
+                    active["name"] = n
+                    phi = phis[n]
+                    xg = x.clone().requires_grad_(True)
+                    with torch.enable_grad():
+                        net(xg)
+                        z = captured.pop(n)
+                        if z.ndim != 2:
+                            raise ValueError(f"Input-space Hölder scoring needs {n} to output one vector per image, "
+                                             f"got shape {tuple(z.shape)}; use space='layer'.")
+                        a = apply_phi(phi, z)
+                    for i in range(z.shape[1]):
+                        (g,) = torch.autograd.grad(a[:, i].sum(), xg, retain_graph=i < z.shape[1] - 1)
+                        g = g.flatten(1)
+                        if cfg.step == "l2":
+                            gn = g.norm(dim=1, keepdim=True)
+                            direction = torch.where(gn > 0, g / gn.clamp_min(1e-30), torch.zeros_like(g))
+                        else:
+                            direction = g.sign()
+                        moved = (direction.unsqueeze(0) * eps.view(-1, 1, 1)).reshape(-1, *x.shape[1:])
+                        with torch.no_grad():
+                            net(x.repeat(k, 1, 1, 1) + moved)
+                            a1 = apply_phi(phi, captured.pop(n))[:, i].reshape(k, -1)
+                        # A zero gradient (a dead unit) gives a zero step and a zero ratio.
+                        r = (a1 - a[:, i].detach().unsqueeze(0)).abs().double() / eps.double().view(-1, 1) ** cfg.alpha
+                        per_radius = r.amax(dim=1)
+                        b, w = per_radius.max(dim=0)
+                        if float(b) > float(best[n][i]):
+                            best[n][i], which[n][i] = float(b), int(w)
+                    del a, z
+                    step += 1
+                    callback.step("constants", step, total, {})
+                if bi % every == 0 and bi < n_batches:
+                    callback.snapshot({n: best[n].float().clone() for n in layers}, step)
+        finally:
+            for h in handles:
+                h.remove()
+        wins = {n: win_counts(which[n], best[n], k) for n in layers}
+        radii = {n: eps.double().cpu().tolist() for n in layers}
+        return {n: best[n].float() for n in layers}, wins, radii, {n: INPUT_EPS for n in layers}
+
+
+def radius_scale(norms: torch.Tensor) -> float:
+    """median(|u|_2 / sqrt(dim u)); the mean if that is 0; 1 if both are."""
+    med = float(norms.median()) if norms.numel() else 0.0
+    if med > 0:
+        return med
+    mean = float(norms.mean()) if norms.numel() else 0.0
+    return mean if mean > 0 else 1.0
+
+
+def win_counts(which: torch.Tensor, best: torch.Tensor, k: int) -> list[int]:
+    """How many (non-zero) neurons of a layer reached their maximum at each radius."""
+    return torch.bincount(which[best > 0], minlength=k).tolist()
+
+
+def describe_activation(module: nn.Module | None, activation: str) -> str:
+    if activation == "pre":
+        return "pre-activation (identity)"
+    if module is None:
+        return "no activation module found after this layer: pre-activation (identity) used"
+    return type(module).__name__

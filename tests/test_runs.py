@@ -1,0 +1,106 @@
+"""The run folder: complete artefacts, live events, cancel, a killed worker, isolation."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from defenses.runs import (RunRequest, cancel_run, create_run, execute, list_runs, list_snapshots, load_tensors,
+                           read_events, read_json, read_status, start_run)
+
+SAMPLE = {"sample": "cnn_badnets"}
+DATA = {"dataset": "mnist5k"}
+
+
+def anp_request(iterations=12, **kw):
+    return RunRequest(defense="anp", params={"iterations": iterations, "snapshot_every": 4}, model=SAMPLE, data=DATA, **kw)
+
+
+def wait_for(run_dir, states, timeout=240):
+    end = time.time() + timeout
+    while time.time() < end:
+        st = read_status(run_dir)
+        if st.get("state") in states:
+            return st
+        time.sleep(0.2)
+    raise AssertionError(f"run did not reach {states}: {read_status(run_dir)}")
+
+
+def test_a_run_writes_every_artefact(tmp_path):
+    run_dir = create_run(anp_request(), tmp_path)
+    assert execute(run_dir) == "done"
+    st = read_status(run_dir)
+    assert st["state"] == "done" and st["progress"]["step"] == st["progress"]["total"]
+    events = read_events(run_dir)
+    kinds = [e["type"] for e in events]
+    assert kinds.count("begin") >= 1 and "baseline" in kinds and "probe" in kinds and kinds[-1] == "stage"
+    assert [s for s, _ in list_snapshots(run_dir)] == [4, 8]
+    scores = load_tensors(run_dir / "scores.safetensors")
+    result = read_json(run_dir / "result.json")
+    assert set(scores) == {l["name"] for l in result["layers"]}
+    assert result["baseline"]["asr"] > 0.95 and result["suspicious"] == "low"
+    sweep = read_json(run_dir / "sweep.json")
+    assert [r["threshold"] for r in sweep["threshold"]][:3] == [0.0, 0.05, 0.1] and len(sweep["threshold"]) == 20
+    assert sweep["count"][0]["n_pruned"] == 0 and sweep["count"][0]["acc"] == pytest.approx(result["baseline"]["acc"])
+    assert list_runs(tmp_path)[0]["run_id"] == run_dir.name
+
+
+def test_a_failed_run_records_one_sentence(tmp_path):
+    req = RunRequest(defense="anp", params={"iterations": 5},
+                     model={"architecture": "cnn", "checkpoint": str(tmp_path / "missing.safetensors")}, data=DATA)
+    run_dir = create_run(req, tmp_path)
+    assert execute(run_dir) == "failed"
+    st = read_status(run_dir)
+    assert st["error"].startswith("No checkpoint at") and "\n" not in st["error"]
+    assert "Traceback" in (run_dir / "error.txt").read_text()
+
+
+def test_bad_hyperparameters_are_refused_before_a_folder_is_made(tmp_path):
+    from defenses.base import ConfigError
+
+    with pytest.raises(ConfigError, match="eps must be at most 1, got 5"):
+        create_run(RunRequest(defense="anp", params={"eps": 5}, model=SAMPLE, data=DATA), tmp_path)
+    with pytest.raises(ConfigError, match="has no setting bogus"):
+        create_run(RunRequest(defense="anp", params={"bogus": 1}, model=SAMPLE, data=DATA), tmp_path)
+    assert list_runs(tmp_path) == []
+
+
+def test_cancel_a_running_worker(tmp_path):
+    run_dir = start_run(anp_request(iterations=100000), tmp_path)
+    wait_for(run_dir, ("running",))
+    end = time.time() + 120
+    while not read_events(run_dir) or read_events(run_dir)[-1].get("type") != "step":
+        assert time.time() < end
+        time.sleep(0.2)
+    assert cancel_run(run_dir)
+    assert wait_for(run_dir, ("cancelled", "failed"))["state"] == "cancelled"
+
+
+def test_a_killed_worker_is_marked_failed_and_other_runs_stay_intact(tmp_path):
+    done = create_run(anp_request(iterations=4), tmp_path)
+    execute(done)
+    victim = start_run(anp_request(iterations=100000), tmp_path)
+    st = wait_for(victim, ("running",))
+    os.kill(st["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    st = wait_for(victim, ("failed",), timeout=30)
+    assert "ended unexpectedly" in st["error"]
+    assert read_status(done)["state"] == "done"
+    assert {r["run_id"]: r["status"]["state"] for r in list_runs(tmp_path)} == {done.name: "done", victim.name: "failed"}
+
+
+def test_two_runs_at_once_stay_isolated(tmp_path):
+    a = start_run(anp_request(iterations=8), tmp_path)
+    b = start_run(RunRequest(defense="rnp", params={"unlearn_epochs": 2, "recover_epochs": 2}, model=SAMPLE,
+                             data=DATA, recover_triggers=False), tmp_path)
+    assert wait_for(a, ("done", "failed"))["state"] == "done"
+    assert wait_for(b, ("done", "failed"))["state"] == "done"
+    assert read_json(a / "config.json")["defense"] == "anp" and read_json(b / "config.json")["defense"] == "rnp"
+    assert (b / "unlearned.safetensors").exists() and not (a / "unlearned.safetensors").exists()
+    # a server restart is a fresh process listing the folder: every run is found
+    out = subprocess.run([sys.executable, "-c", "from defenses.runs import list_runs; import sys;"
+                          f"print(len(list_runs({str(tmp_path)!r})))"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2"
