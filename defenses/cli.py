@@ -34,6 +34,16 @@ def _parse_sets(pairs) -> dict:
     return params
 
 
+def _json_arg(flag: str, text: str | None, default=None):
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} is not valid JSON ({e.msg} at character {e.pos}); "
+                         f"write it like '{{\"key\": 1}}' with double quotes.") from None
+
+
 def build_request(args) -> RunRequest:
     from .base import get_defense
 
@@ -43,7 +53,7 @@ def build_request(args) -> RunRequest:
         model = {"sample": args.model}
     elif args.checkpoint and args.arch:
         model = {"architecture": args.arch, "checkpoint": os.path.abspath(args.checkpoint),
-                 "arch_kwargs": json.loads(args.arch_kwargs or "{}")}
+                 "arch_kwargs": _json_arg("--arch-kwargs", args.arch_kwargs, {})}
         if args.num_classes:
             model["num_classes"] = args.num_classes
     else:
@@ -55,7 +65,7 @@ def build_request(args) -> RunRequest:
         data["clean_fraction"] = args.clean_fraction
     else:
         data["clean_count"] = args.clean_count
-    trigger = json.loads(args.trigger) if args.trigger else None
+    trigger = _json_arg("--trigger", args.trigger)
     return RunRequest(defense=info.name, params=params, model=model, data=data, trigger=trigger, device=args.device,
                       recover_triggers=not args.no_trigger_recovery)
 
@@ -105,9 +115,10 @@ def _fmt(v):
 
 
 def cmd_run(args) -> int:
-    from .runs import start_run
+    from .runs import preflight, start_run
 
     request = build_request(args)
+    preflight(request)
     run_dir = start_run(request, args.runs_dir)
     print(f"run {run_dir.name} in {run_dir}", file=sys.stderr)
     if args.detach:

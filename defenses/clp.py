@@ -96,18 +96,31 @@ def layer_constants(model: nn.Module, layer: NeuronLayer) -> tuple[torch.Tensor 
     mod = model.get_submodule(layer.name)
     if layer.kind == "bn":
         if layer.source is None:
-            return None, ("its input is not the output of a Conv2d or Linear layer (e.g. a residual sum), "
-                          "so no filter can be paired with it.")
+            return None, ("its input is not the output of a Conv2d or Linear layer (it is, for instance, a "
+                          "residual sum), so no filter can be paired with it.")
         if mod.running_var is None:
             return None, "it keeps no running variance, so its scale cannot be folded into the filter."
         norms = source_norms(model.get_submodule(layer.source))
         if norms is None or norms.numel() != layer.size:
             return None, f"its input layer {layer.source} is not a Conv2d or Linear with {layer.size} outputs."
-        return norms * bn_scale(mod).cpu(), ""
+        # Both factors on the CPU: the filter norms are computed where the model lives (a GPU, say).
+        return norms.cpu() * bn_scale(mod).cpu(), ""
     norms = source_norms(mod)
     if norms is None:
         return None, "it is neither a Conv2d nor a Linear layer."
-    return norms, ""
+    return norms.cpu(), ""
+
+
+def no_layer_message(refused: dict[str, str]) -> str:
+    """One sentence naming the layers CLP had to refuse, when it can score none of them."""
+    names = list(refused)
+    if not names:
+        return "CLP found no layer it can score: the model has no BatchNorm, Conv2d or Linear neuron layer."
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    first = refused[names[0]].split(": ", 1)[-1]  # "<name> is left out: <reason>"
+    if len(names) == 1:
+        return f"CLP found no layer it can score: {names[0]} is left out because {first}"
+    return f"CLP found no layer it can score: {shown} are left out ({names[0]} because {first.rstrip('.')})."
 
 
 def mean_plus_u_std(scores: torch.Tensor, u: float) -> float:
@@ -148,8 +161,7 @@ class CLP:
                         pairing[layer.name] = layer.source if layer.kind == "bn" else layer.name
                     callback.step("clp", i, total, {"scored": float(len(scores)), "refused": float(len(refused))})
             if not scores:
-                raise ValueError("CLP found no layer it can score: no BatchNorm follows a Conv2d or Linear "
-                                 "directly and there is no Linear or Conv2d neuron layer.")
+                raise ValueError(no_layer_message(refused))
             if math.isnan(sum(float(s.sum()) for s in scores.values())):
                 raise ValueError("CLP constants are NaN: the model's weights or BatchNorm statistics contain NaN.")
         except BaseException as e:

@@ -148,7 +148,7 @@ def split_clean(pool: ArraySplit, count: int | None = None, fraction: float | No
         raise DataError(f"The clean count must be a whole number of images, got {count!r}.")
     count = int(count)
     if not 0 < count <= n:
-        raise DataError(f"Asked for {count} clean images but the pool has {n}.")
+        raise DataError(f"Asked for {count} clean images but the pool has {n}; choose a count from 1 to {n}.")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return pool.subset(perm[:count]), pool.subset(perm[count:])
 

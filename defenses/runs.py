@@ -275,6 +275,24 @@ def check_model_fits_data(model, data) -> None:
                         f"{data.num_classes} classes; choose the matching dataset or number of classes.")
 
 
+def preflight(request: RunRequest) -> None:
+    """Load the data and the model and check that they fit, here, before a run folder or a worker
+    exists, so bad input (a broken checkpoint, the wrong dataset, a clean set too small, a trigger
+    that does not fit) is refused in one sentence instead of becoming a failed run."""
+    from .base import check_clean_data
+    from .triggers import TriggerSpec
+
+    resolve_device_name(request.device)
+    info = get_defense(request.defense)
+    data = load_data(request.data)
+    model, _, _ = load_model(request.model, data.shape, data.num_classes)
+    check_model_fits_data(model, data)
+    if request.trigger is not None:
+        TriggerSpec.from_dict(request.trigger).build(data.shape)
+    if info.needs_data:
+        check_clean_data(data.clean, info.title.split(":")[0])
+
+
 # ---------------------------------------------------------------- the worker
 
 

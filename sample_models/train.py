@@ -31,7 +31,7 @@ BLEND = TriggerSpec(kind="blend", target=0, alpha=0.2, seed=0)
 RECIPES = {
     "cnn_badnets": dict(title="BN CNN + BadNets", architecture="cnn", arch_kwargs={"width": 32, "hidden": 128},
                         attack="badnets", trigger=BADNETS, poison_rate=0.1, epochs=12),
-    "cnn_blend": dict(title="BN CNN + Blend", architecture="cnn", arch_kwargs={"width": 32, "hidden": 128},
+    "cnn_blend": dict(title="BN CNN + Blend", architecture="cnn", arch_kwargs={"width": 16, "hidden": 64},
                       attack="blend", trigger=BLEND, poison_rate=0.1, epochs=12),
     "resnet_badnets": dict(title="PreAct-ResNet-18 (width 1/4) + BadNets", architecture="preact_resnet18",
                            arch_kwargs={"width": 0.25}, attack="badnets", trigger=BADNETS, poison_rate=0.1, epochs=12),
