@@ -1,0 +1,302 @@
+"""The benchmark: every registered defense on every sample model, as one markdown report.
+
+    python -m bench                       # the papers' budgets, CPU, and a GPU section when CUDA is there
+    python -m bench --anp-iterations 500  # a smaller ANP budget (the report says which was used)
+    python -m bench --quick               # small budgets on one sample: what the test suite runs
+
+Efficacy: ACC and ASR on the held-out test split before and after pruning at the defense's own
+default cut (0.2 for ANP and RNP masks, the u rule for CLP, the density cut for Hölder), with the
+number of neurons pruned. Speed, as ratios measured in this one run on this one machine:
+
+- ANP per iteration / one plain training step (forward, backward and SGD step on every weight) of
+  the same model on a batch of the same size (the issue's target: <= 2.5x);
+- Hölder scoring / ANP restricted to the same head layers at its full iteration count (target:
+  Hölder >= 100x faster);
+- a 19-point threshold sweep / 19 plain evaluations of the unpruned model on the test split (the
+  sweep reuses the evaluation of any point whose pruned set equals the previous one's).
+
+A CIFAR-10 case is added when ``../shared/data/cifar10_subset.npz`` (or ``--cifar PATH``) exists: a
+narrow PreAct-ResNet-18 is trained on it with a BadNets patch inside the benchmark and cached in
+``bench/cache``. Benchmarks report; they assert nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from defenses.base import all_defenses, config_from_dict
+from defenses.data import DataBundle, load_dataset
+from defenses.evaluation import default_thresholds, evaluate, sweep
+from defenses.neurons import count_selected, find_neurons, prune, selection_by_threshold, working_copy
+from defenses.triggers import Trigger, TriggerSpec
+
+HERE = Path(__file__).resolve().parent
+CIFAR_DEFAULT = HERE.parent.parent / "shared" / "data" / "cifar10_subset.npz"
+SWEEP_POINTS = 19
+
+
+@dataclass
+class Case:
+    name: str
+    model: torch.nn.Module
+    data: DataBundle
+    trigger: Trigger | None
+    note: str = ""
+
+
+def _median_time(fn, repeats: int, warmup: int = 2, device: torch.device | None = None) -> float:
+    def sync():
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def plain_step_seconds(model, data: DataBundle, batch_size: int, device, repeats: int) -> float:
+    """One ordinary training step of the whole model (train mode, SGD on every weight)."""
+    net = working_copy(model, device)
+    net.requires_grad_(True)
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
+    x, y = data.clean.sample(batch_size, torch.Generator().manual_seed(0))
+    x, y = x.to(device), y.to(device)
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    return _median_time(step, repeats, device=device)
+
+
+def sweep_ratio(case: Case, nmap, scores, suspicious, rule, device) -> tuple[float, float, int]:
+    """(sweep seconds, 19 evaluations seconds, distinct pruned sets the sweep evaluated)."""
+    values = default_thresholds(suspicious, SWEEP_POINTS + 1)[1:]
+    t0 = time.perf_counter()
+    rows = sweep(case.model, nmap, scores, suspicious, case.data.test, case.trigger, rule=rule, values=values,
+                 device=device)
+    sweep_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(SWEEP_POINTS):
+        evaluate(case.model, case.data.test, case.trigger, device=device)
+    evals_s = time.perf_counter() - t0
+    distinct = len({(r.n_pruned, r.acc, r.asr) for r in rows})
+    return sweep_s, evals_s, distinct
+
+
+QUICK = {"anp": {"iterations": 4}, "rnp": {"unlearn_epochs": 1, "recover_epochs": 1}}
+QUICK_TEST_IMAGES = 200
+
+
+def budget(name: str, quick: bool, anp_iterations: int | None) -> dict:
+    params = dict(QUICK.get(name, {})) if quick else {}
+    if name == "anp" and anp_iterations is not None:
+        params["iterations"] = anp_iterations
+    if name == "anp":
+        params.setdefault("snapshot_every", max(1, params.get("iterations", 2000)))
+    return params
+
+
+def describe_budget(params: dict) -> str:
+    shown = {k: v for k, v in params.items() if k != "snapshot_every"}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "paper defaults"
+
+
+def run_case(case: Case, quick: bool, anp_iterations: int | None, device: torch.device, log) -> tuple[list, list]:
+    """Efficacy rows and speed rows of one model."""
+    model = case.model.to(device).eval()
+    nmap = find_neurons(model, case.data.shape, device)
+    before = evaluate(model, case.data.test, case.trigger, device=device)
+    efficacy, speed = [], []
+    anp_per_it = None
+    for name, info in sorted(all_defenses().items()):
+        params = budget(name, quick, anp_iterations)
+        log(f"{case.name}: {name} ({describe_budget(params)}) ...")
+        try:
+            result = info.cls(config_from_dict(info.config_cls, params)).run(model, case.data.clean, device=device)
+        except ValueError as e:  # e.g. Hölder on a model without an MLP head: one sentence, not a crash
+            efficacy.append([case.name, name, describe_budget(params), f"n/a: {e}"])
+            continue
+        sel = selection_by_threshold(result.scores, result.threshold, result.suspicious)
+        after = evaluate(prune(model, nmap, sel, result.prune_rule), case.data.test, case.trigger, device=device)
+        efficacy.append([case.name, name, describe_budget(params), before, count_selected(sel), nmap.total, after,
+                         result.timings.get("total_s", float("nan"))])
+        if name == "anp":
+            anp_per_it = result.timings["per_iteration_s"]
+            anp_batch = result.config["batch_size"]
+            sweep_s, evals_s, distinct = sweep_ratio(case, nmap, result.scores, "low", "gamma", device)
+            speed.append([case.name, "19-point sweep (ANP masks) / 19 evaluations", sweep_s, evals_s,
+                          f"{distinct} distinct pruned models"])
+        if name == "holder":
+            speed.extend(holder_vs_anp(case, model, result, quick, anp_iterations, device, log))
+    if anp_per_it is not None:
+        step = plain_step_seconds(model, case.data, anp_batch, device, repeats=3 if quick else 20)
+        speed.insert(0, [case.name, f"ANP iteration / plain training step (batch {anp_batch})", anp_per_it, step,
+                         "target <= 2.5x"])
+    return efficacy, speed
+
+
+def holder_vs_anp(case: Case, model, holder_result, quick, anp_iterations, device, log) -> list:
+    """Hölder's scoring time against ANP restricted to the same head layers, at ANP's full budget."""
+    from defenses.anp import ANP, ANPConfig
+
+    head = tuple(holder_result.scores)
+    full = ANPConfig().iterations
+    measured = min(full, 3 if quick else (anp_iterations or 200))
+    log(f"{case.name}: ANP on the head only ({measured} iterations, scaled to {full}) ...")
+    anp = ANP(ANPConfig(layers=head, iterations=measured, snapshot_every=measured)).run(model, case.data.clean,
+                                                                                       device=device)
+    anp_full_s = anp.timings["per_iteration_s"] * full
+    holder_s = holder_result.timings["total_s"]
+    note = (f"ANP on {', '.join(head)} timed for {measured} iterations and scaled to {full}; "
+            f"target: Hölder >= 100x faster")
+    return [[case.name, "ANP on the head (2000 it.) / Hölder scoring", anp_full_s, holder_s, note]]
+
+
+# ---------------------------------------------------------------- the cases
+
+
+def sample_cases(names: list[str] | None) -> list[Case]:
+    from sample_models import catalog, load_sample
+
+    if not names and names is not None:
+        return []
+    data = load_dataset("mnist5k")
+    cases = []
+    for name in list(catalog()) if names is None else names:
+        s = load_sample(name)
+        cases.append(Case(name, s.model, data, s.trigger, s.entry["title"]))
+    return cases
+
+
+def cifar_case(path: Path, quick: bool, log, cache_dir: Path = HERE / "cache") -> Case:
+    """A narrow PreAct-ResNet-18 with a BadNets patch trained on the CIFAR-10 subset, cached."""
+    from defenses.checkpoints import load_into, save_safetensors
+    from defenses.models import build_model
+    from sample_models.train import poisoned_train_split, train_model
+
+    data = load_dataset(f"npz:{path}")
+    spec = TriggerSpec(kind="badnets", target=0, size=3, position="bottom_right", color=1.0)
+    width, epochs, n_train = (0.125, 1, min(300, len(data.train))) if quick else (0.25, 15, len(data.train))
+    recipe = {"width": width, "epochs": epochs, "n_train": n_train, "trigger": spec.to_dict(), "seed": 0,
+              "data": hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    cache = Path(cache_dir) / f"cifar_resnet_{key}.safetensors"
+    torch.manual_seed(0)
+    model = build_model("preact_resnet18", 10, 3, 32, width=width)
+    if cache.exists():
+        load_into(model, cache)
+        note = f"cached {cache.name}"
+    else:
+        log(f"cifar10: training PreAct-ResNet-18 (width {width}) for {epochs} epochs on {n_train} images ...")
+        train = poisoned_train_split(data.train.subset(torch.arange(n_train)), spec, 0.1, 0)
+        t0 = time.perf_counter()
+        train_model(model, train, epochs, 0, lr=2e-3, batch_size=128)
+        note = f"trained here in {time.perf_counter() - t0:.0f} s"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_safetensors(model, str(cache), {"recipe": json.dumps(recipe)})
+    model.eval()
+    return Case("cifar10_resnet_badnets", model, data, spec.build(data.shape),
+                f"PreAct-ResNet-18 width {width}, {epochs} epochs, BadNets 3x3, 10% poison ({note})")
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None or v != v else f"{100 * v:.1f}"
+
+
+def efficacy_table(rows) -> list[str]:
+    out = ["| model | defense | budget | ACC before | ASR before | pruned | ACC after | ASR after | defense time (s) |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if len(r) == 4:
+            out.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | | | | | |")
+            continue
+        model, name, bud, before, n, total, after, secs = r
+        out.append(f"| {model} | {name} | {bud} | {_pct(before['acc'])} | {_pct(before['asr'])} | {n} / {total} | "
+                   f"{_pct(after['acc'])} | {_pct(after['asr'])} | {secs:.2f} |")
+    return out
+
+
+def speed_table(rows) -> list[str]:
+    out = ["| model | ratio | numerator (ms) | denominator (ms) | ratio | note |", "|---|---|---:|---:|---:|---|"]
+    for model, what, num, den, note in rows:
+        ratio = num / den if den > 0 else math.inf
+        out.append(f"| {model} | {what} | {1000 * num:.1f} | {1000 * den:.1f} | {ratio:.2f}x | {note} |")
+    return out
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description="Efficacy and speed ratios of every defense on every sample model.")
+    ap.add_argument("--quick", action="store_true", help="small budgets on one sample (what CI runs)")
+    ap.add_argument("--samples", nargs="*", help="sample names (default: all; with --quick: mlp_head_badnets)")
+    ap.add_argument("--anp-iterations", type=int, help="ANP's budget (default: the paper's 2000)")
+    ap.add_argument("--cifar", default=str(CIFAR_DEFAULT), help="CIFAR-10 subset .npz (skipped when absent)")
+    ap.add_argument("--cache", default=str(HERE / "cache"), help="where the trained CIFAR-10 model is cached")
+    ap.add_argument("--no-gpu", action="store_true", help="skip the GPU section even when CUDA is available")
+    ap.add_argument("--out", default=str(HERE / "out" / "results.md"))
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    names = args.samples if args.samples is not None else (["mlp_head_badnets"] if args.quick else None)
+    cases = sample_cases(names)
+    cifar_note = ""
+    if Path(args.cifar).exists():
+        cases.append(cifar_case(Path(args.cifar), args.quick, log, Path(args.cache)))
+    else:
+        cifar_note = f"CIFAR-10 case skipped: no subset at {args.cifar} (pass --cifar PATH)."
+        log(cifar_note)
+
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available() and not args.no_gpu:
+        devices.append(torch.device("cuda"))
+    if args.quick:  # a slice of the test split: the quick mode checks the code path, not the numbers
+        for case in cases:
+            case.data.test = case.data.test.subset(torch.arange(min(QUICK_TEST_IMAGES, len(case.data.test))))
+    lines = [f"# prunescope benchmark{' (quick mode: small budgets)' if args.quick else ''}", "",
+             f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+             + (f", GPU {torch.cuda.get_device_name(0)}" if len(devices) > 1 else ", no GPU") + ".", ""]
+    if cifar_note:
+        lines += [cifar_note, ""]
+    for case in cases:
+        if case.note:
+            lines.append(f"- `{case.name}`: {case.note}")
+    lines.append("")
+    for device in devices:
+        efficacy, speed = [], []
+        for case in cases:
+            e, s = run_case(case, args.quick, args.anp_iterations, device, log)
+            efficacy += e
+            speed += s
+        lines += [f"## Efficacy on {device.type.upper()} (ACC/ASR in %, test split, default cut)", "",
+                  *efficacy_table(efficacy), "", f"## Speed ratios on {device.type.upper()}", "",
+                  *speed_table(speed), ""]
+    report = "\n".join(lines)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(report)
+    return report
