@@ -1,4 +1,7 @@
-"""The dashboard's entry point: page setup and navigation only; each page is a file in pages/.
+"""The dashboard's entry point: page setup and navigation only; each page is a file in views/.
+
+Not pages/: Streamlit also serves a folder named pages/ on its own, and a deep link such as
+/explore then runs the page without this entry point (no wide layout, no titled navigation).
 
 Run it with ``prunescope dashboard`` or ``python -m streamlit run dashboard/app.py``.
 """
@@ -17,12 +20,12 @@ from dashboard.common import APP_TITLE, sidebar
 st.set_page_config(page_title=APP_TITLE, page_icon=":material/content_cut:", layout="wide")
 
 pages = [
-    st.Page("pages/model.py", title="Model", icon=":material/memory:", default=True),
-    st.Page("pages/defend.py", title="Defend", icon=":material/shield:"),
-    st.Page("pages/explore.py", title="Explore", icon=":material/query_stats:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
-    st.Page("pages/triggers.py", title="Triggers", icon=":material/target:"),
-    st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
+    st.Page("views/model.py", title="Model", icon=":material/memory:", default=True),
+    st.Page("views/defend.py", title="Defend", icon=":material/shield:"),
+    st.Page("views/explore.py", title="Explore", icon=":material/query_stats:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/triggers.py", title="Triggers", icon=":material/target:"),
+    st.Page("views/learn.py", title="Learn", icon=":material/school:"),
 ]
 page = st.navigation(pages)
 sidebar()

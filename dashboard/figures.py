@@ -27,10 +27,13 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7
            "#d62728")
 
 
+# Below the plot: above it, a legend runs into the title once a chart is half a page wide.
+LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0)
+
+
 def _base(title: str, x_title: str, y_title: str, height: int = 360) -> go.Figure:
     fig = go.Figure()
-    fig.update_layout(title=title, height=height, margin=dict(l=50, r=20, t=50, b=45),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    fig.update_layout(title=title, height=height, margin=dict(l=50, r=20, t=50, b=90), legend=LEGEND_BELOW)
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title)
     return fig
@@ -164,9 +167,8 @@ def sweep_figure(rows: Sequence[Mapping], selected: float | None = None, x_title
     pruned on a second axis; the chosen threshold as a vertical line. Points carry their
     threshold in ``customdata`` so a click can select it."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.update_layout(title="Pruned model at each threshold (click a point to choose it)", height=400,
-                      margin=dict(l=50, r=50, t=60, b=45),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0))
+    fig.update_layout(title="Pruned model at each threshold (click a point to choose it)", height=430,
+                      margin=dict(l=50, r=50, t=60, b=90), legend=LEGEND_BELOW)
     t = [r["threshold"] for r in rows]
     fig.add_trace(go.Scatter(x=t, y=[r["acc"] for r in rows], customdata=t, mode="lines+markers", name="ACC",
                              line=dict(color=ACC_COLOR)), secondary_y=False)

@@ -161,6 +161,7 @@ def test_explore_page_screenshot(server, browser, tmp_path):
     shot = SHOTS / "explore.png"
     browser.screenshot(shot)
     assert "Explore a finished run" in text, text
+    assert "Runs folder" in text, "a deep link must run through the entry point (its sidebar), not the page alone"
     assert "ACC after pruning" in text and "BN CNN + BadNets · anp" in text, text
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

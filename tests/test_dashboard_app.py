@@ -137,7 +137,7 @@ def test_every_page_renders_with_no_runs(runs):
     no_exception(at, "model")
     assert at.metric and at.session_state["choice"]["model"] == {"sample": "cnn_badnets"}  # first BadNets sample
     for page in PAGES[1:]:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
         no_exception(at, page)
         assert not at.error, f"{page}: {[e.value for e in at.error]}"
 
@@ -145,7 +145,7 @@ def test_every_page_renders_with_no_runs(runs):
 def test_every_page_renders_each_page_file_alone(runs):
     make_run(runs, "20260101-000000-anp-cnn_badnets-aaaa")
     for page in PAGES:
-        at = AppTest.from_file(str(Path(APP).parent / "pages" / f"{page}.py"), default_timeout=120).run()
+        at = AppTest.from_file(str(Path(APP).parent / "views" / f"{page}.py"), default_timeout=120).run()
         no_exception(at, page)
 
 
@@ -155,11 +155,11 @@ def test_every_page_renders_with_finished_runs(runs):
              density=True)
     at = app().run()
     for page in PAGES[1:]:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
         no_exception(at, page)
         assert not at.error, f"{page}: {[e.value for e in at.error]}"
     # Explore shows the density of a Hölder run, and each distribution kind renders
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("views/explore.py").run()
     at.selectbox(key="explore_run").set_value("20260101-000001-holder-cnn_badnets-bbbb").run()
     no_exception(at, "explore holder")
     assert at.selectbox(key="density_layer").options
@@ -169,10 +169,10 @@ def test_every_page_renders_with_finished_runs(runs):
     at.button(key="use_u").click().run()  # CLP's u rule moves the threshold to u = 3
     assert at.select_slider(key="threshold").value == 3.0
     # Compare shows both runs of the same model in one table
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/compare.py").run()
     assert len(at.dataframe[0].value) == 2
     # Triggers: the grid and attributions for the run that has recovered triggers, both methods
-    at.switch_page("pages/triggers.py").run()
+    at.switch_page("views/triggers.py").run()
     assert at.selectbox(key="triggers_run").value == "20260101-000000-anp-cnn_badnets-aaaa"
     at.radio(key="attr_method").set_value("IntegratedGradients").run()
     no_exception(at, "triggers IG")
@@ -184,7 +184,7 @@ def test_every_page_renders_with_finished_runs(runs):
 def test_threshold_slider_reads_precomputed_points_only(runs, monkeypatch):
     make_run(runs, "20260101-000000-anp-cnn_badnets-aaaa")
     at = app().run()
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("views/explore.py").run()
     slider = at.select_slider(key="threshold")
     assert slider.value == 0.2  # the defense's own cut
     before = (metric(at, "ACC after pruning"), metric(at, "Neurons pruned"))
@@ -208,15 +208,15 @@ def test_threshold_slider_reads_precomputed_points_only(runs, monkeypatch):
     assert metric(at, "Neurons pruned").startswith(f"{row['n_pruned']} /")
     print(f"\nthreshold change -> updated ACC/ASR: {elapsed:.2f} s (AppTest rerun)")
     # the choice survives a trip to another page
-    at.switch_page("pages/learn.py").run()
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("views/learn.py").run()
+    at.switch_page("views/explore.py").run()
     assert at.select_slider(key="threshold").value == 0.95
 
 
 def test_trigger_free_aids_move_the_threshold(runs):
     make_run(runs, "20260101-000000-anp-cnn_badnets-aaaa")
     at = app().run()
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("views/explore.py").run()
     at.slider(key="budget").set_value(0.5).run()
     at.button(key="use_budget").click().run()
     no_exception(at, "explore")
@@ -275,7 +275,7 @@ def test_main_flow_sample_defend_watch_explore(runs):
     no_exception(at, "model")
     first_chart = time.perf_counter() - t0
     at.selectbox(key="sample").set_value("cnn_badnets").run()
-    at.switch_page("pages/defend.py").run()
+    at.switch_page("views/defend.py").run()
     at.selectbox(key="defense").set_value("anp").run()
     at.number_input(key="cfg_anp_iterations").set_value(30)
     at.number_input(key="cfg_anp_snapshot_every").set_value(10)
@@ -294,7 +294,7 @@ def test_main_flow_sample_defend_watch_explore(runs):
     at.run()
     no_exception(at, "defend finished")
     assert any("finished" in s.value for s in at.success)
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("views/explore.py").run()
     no_exception(at, "explore")
     assert at.selectbox(key="explore_run").value == run_id
     options = at.select_slider(key="threshold").options
@@ -309,7 +309,7 @@ def test_main_flow_sample_defend_watch_explore(runs):
 
 def test_cancel_from_the_defend_page(runs):
     at = app().run()
-    at.switch_page("pages/defend.py").run()
+    at.switch_page("views/defend.py").run()
     at.selectbox(key="defense").set_value("anp").run()
     at.number_input(key="cfg_anp_iterations").set_value(100000)
     at.button(key="start").click().run()
@@ -328,13 +328,13 @@ def test_cancel_from_the_defend_page(runs):
 def test_runs_from_the_command_line_are_listed(runs):
     make_run(runs, "20260101-000000-anp-cnn_badnets-aaaa")  # as `prunescope run` would leave it
     at = app().run()
-    at.switch_page("pages/defend.py").run()
+    at.switch_page("views/defend.py").run()
     assert any("20260101-000000-anp-cnn_badnets-aaaa" in o for o in at.selectbox[-1].options)
 
 
 def test_bad_hyperparameter_is_one_sentence_and_start_is_disabled(runs):
     at = app().run()
-    at.switch_page("pages/defend.py").run()
+    at.switch_page("views/defend.py").run()
     at.selectbox(key="defense").set_value("anp").run()
     at.number_input(key="cfg_anp_batch_size").set_value(1).run()
     assert len(at.error) == 1 and one_sentence(at.error[0].value), at.error[0].value
@@ -346,7 +346,7 @@ def test_every_defense_in_the_registry_gets_widgets(runs):
     from defenses.base import all_defenses
 
     at = app().run()
-    at.switch_page("pages/defend.py").run()
+    at.switch_page("views/defend.py").run()
     for name in all_defenses():
         at.selectbox(key="defense").set_value(name).run()
         no_exception(at, f"defend {name}")
