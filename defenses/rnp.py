@@ -164,7 +164,8 @@ class RNP:
                 loss_sum += loss.item() * len(y)
                 step += 1
                 callback.step("unlearn", step, total, {"loss": loss.item(), "train_acc": correct / seen})
-            sched.step()
+            if not reached:  # no step was taken this epoch if the stop came first: nothing to schedule
+                sched.step()
             acc = correct / seen
             log.append({"epoch": epoch, "loss": loss_sum / seen, "train_acc": acc})
             if reached or acc <= cfg.clean_threshold:
