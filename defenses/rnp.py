@@ -152,16 +152,15 @@ class RNP:
                 out = net(x)
                 loss = F.cross_entropy(out, y)
                 batch_correct = int((out.argmax(1) == y).sum())
+                correct += batch_correct
+                seen += len(y)
+                loss_sum += loss.item() * len(y)
                 if cfg.stop_check == "step" and batch_correct / len(y) <= cfg.clean_threshold:
                     reached = True  # keep the state that produced this batch's accuracy: no update
-                    correct, seen, loss_sum = correct + batch_correct, seen + len(y), loss_sum + loss.item() * len(y)
                     break
                 opt.zero_grad()
                 (-loss).backward()
                 opt.step()
-                correct += batch_correct
-                seen += len(y)
-                loss_sum += loss.item() * len(y)
                 step += 1
                 callback.step("unlearn", step, total, {"loss": loss.item(), "train_acc": correct / seen})
             if not reached:  # no step was taken this epoch if the stop came first: nothing to schedule

@@ -275,20 +275,28 @@ def check_model_fits_data(model, data) -> None:
                         f"{data.num_classes} classes; choose the matching dataset or number of classes.")
 
 
-def preflight(request: RunRequest) -> None:
-    """Load the data and the model and check that they fit, here, before a run folder or a worker
-    exists, so bad input (a broken checkpoint, the wrong dataset, a clean set too small, a trigger
-    that does not fit) is refused in one sentence instead of becoming a failed run."""
-    from .base import check_clean_data
+def load_inputs(model_spec: dict, data_spec: dict, trigger_dict: dict | None):
+    """(data, model, trigger dict, trigger, title): the run's inputs loaded and checked to fit;
+    the trigger is the one asked for, else the sample's own, else None."""
     from .triggers import TriggerSpec
+
+    data = load_data(data_spec)
+    model, sample_trigger, title = load_model(model_spec, data.shape, data.num_classes)
+    check_model_fits_data(model, data)
+    trigger_dict = trigger_dict if trigger_dict is not None else sample_trigger
+    trigger = TriggerSpec.from_dict(trigger_dict).build(data.shape) if trigger_dict else None
+    return data, model, trigger_dict, trigger, title
+
+
+def preflight(request: RunRequest) -> None:
+    """Load the run's inputs here, before a run folder or a worker exists, so bad input (a broken
+    checkpoint, the wrong dataset, a clean set too small, a trigger that does not fit) is refused
+    in one sentence instead of becoming a failed run."""
+    from .base import check_clean_data
 
     resolve_device_name(request.device)
     info = get_defense(request.defense)
-    data = load_data(request.data)
-    model, _, _ = load_model(request.model, data.shape, data.num_classes)
-    check_model_fits_data(model, data)
-    if request.trigger is not None:
-        TriggerSpec.from_dict(request.trigger).build(data.shape)
+    data, _, _, _, _ = load_inputs(request.model, request.data, request.trigger)
     if info.needs_data:
         check_clean_data(data.clean, info.title.split(":")[0])
 
@@ -387,16 +395,11 @@ def execute(run_dir: str | Path) -> str:
 def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
     from .evaluation import evaluate, sweep
     from .neurons import count_selected, find_neurons, prune, selection_by_threshold
-    from .triggers import TriggerSpec
 
     device = resolve_device_name(cfg.get("device", "auto"))
     torch.manual_seed(cfg["params"].get("seed", 0))
     cb.emit(type="stage", stage="loading")
-    data = load_data(cfg["data"])
-    model, sample_trigger, title = load_model(cfg["model"], data.shape, data.num_classes)
-    check_model_fits_data(model, data)
-    trigger_dict = cfg.get("trigger") if cfg.get("trigger") is not None else sample_trigger
-    trigger = TriggerSpec.from_dict(trigger_dict).build(data.shape) if trigger_dict else None
+    data, model, trigger_dict, trigger, title = load_inputs(cfg["model"], cfg["data"], cfg.get("trigger"))
     model.to(device)
     nmap = find_neurons(model, data.shape, device)
     baseline = evaluate(model, data.test, trigger, device=device)
@@ -432,7 +435,7 @@ def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
     summary = {"defense": result.defense, "suspicious": result.suspicious, "prune_rule": result.prune_rule,
                "threshold": result.threshold, "config": result.config, "timings": result.timings,
                "baseline": baseline, "default": default, "layers": layers, "title": title,
-               "trigger": trigger_dict, "trigger_known": cfg.get("trigger") is not None or sample_trigger is not None,
+               "trigger": trigger_dict, "trigger_known": trigger_dict is not None,
                "num_classes": data.num_classes, "input_shape": list(data.shape), "extras": extras,
                "device": device}
     write_json(run_dir / "result.json", summary)

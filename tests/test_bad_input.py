@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -81,7 +82,7 @@ def write(tmp, case: str) -> str:
 OWN = ["--arch", "cnn", "--arch-kwargs", '{"width": 4, "hidden": 8}', "--checkpoint"]
 SAMPLE = ["--model", "cnn_badnets"]
 
-# (case id, argv after "run --defense anp", the file to write or None, what the sentence must say)
+# (case id, argv after "run --defense anp" with {name} for a file that write() makes, what the sentence must say)
 CASES = [
     ("empty file", OWN + ["{empty}"], "is empty"),
     ("truncated .pt", OWN + ["{truncated_pt}"], "not a readable PyTorch checkpoint"),
@@ -130,17 +131,15 @@ CASES = [
 def test_cli_bad_input_gets_one_sentence(case, args, expected, tmp_path, capfd):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has a GPU, so asking for one is not bad input here")
-    files = {}
-    argv = []
-    for a in args:
-        for key in ("empty", "truncated_pt", "truncated_st", "random", "code_pickle", "full_module", "torchscript",
-                    "resnet_into_cnn", "classes_43", "colour", "nan", "inf", "good", "raising_class", "no_class",
-                    "npz_no_arrays"):
-            token = "{" + key + "}"
-            if token in a:
-                files.setdefault(key, write(tmp_path, key))
-                a = a.replace(token, files[key])
-        argv.append(a.replace("{tmp}", str(tmp_path)))
+    files = {"tmp": str(tmp_path)}
+
+    def path_for(match):
+        key = match.group(1)
+        if key not in files:
+            files[key] = write(tmp_path, key)
+        return files[key]
+
+    argv = [re.sub(r"\{(\w+)\}", path_for, a) for a in args]
     if os.path.exists(EVIL_MARK):
         os.remove(EVIL_MARK)
     runs = tmp_path / "runs"
