@@ -64,9 +64,13 @@ class RecoveredTriggers:
 
 
 def anomaly_index(l1: torch.Tensor) -> torch.Tensor:
-    """(median - l1) / (1.4826 * MAD): large positive values are suspiciously small masks."""
-    med = l1.median()
-    mad = MAD_CONSTANT * (l1 - med).abs().median()
+    """(median - l1) / (1.4826 * MAD): large positive values are suspiciously small masks.
+
+    Medians of an even count average the two middle values, as Neural Cleanse's np.median does
+    (``torch.median`` would take the lower one, and there are usually 10 labels)."""
+    l1 = l1.double()
+    med = torch.quantile(l1, 0.5)
+    mad = MAD_CONSTANT * torch.quantile((l1 - med).abs(), 0.5)
     if float(mad) == 0:
         mad = torch.tensor(1e-12)
     return (med - l1) / mad
@@ -128,7 +132,7 @@ class TriggerRecovery:
                     loss.backward()
                     opt.step()
                     callback.step("trigger recovery", k * cfg.steps + s, total,
-                                  {"label": t, "ce": ce.item(), "mask_l1": float(mask.sum())})
+                                  {"label": t, "ce": ce.item(), "mask_l1": mask.sum().item()})
                 masks.append(torch.sigmoid(m_raw).detach().cpu())
                 patterns.append(torch.sigmoid(p_raw).detach().cpu())
                 l1.append(float(masks[-1].sum()))
