@@ -71,6 +71,17 @@ def model_summary(choice_key: str, n_examples: int = 6) -> dict:
     }
 
 
+@st.cache_data(max_entries=16, show_spinner="Perturbing the neurons ...")
+def neuron_noise(choice_key: str, images: int = 512) -> dict:
+    """The neuron-noise curve (ANP's premise) of a model choice on its first test images."""
+    from defenses.perturbation import neuron_noise_curve, suspect_label
+
+    choice = json.loads(choice_key)
+    model, bundle, _, _ = check_choice(choice["model"], choice["data"], choice.get("trigger"))
+    points = neuron_noise_curve(model, bundle.test, images=images)
+    return {"points": [p.to_dict() for p in points], "suspect": suspect_label(points), "images": min(images, len(bundle.test))}
+
+
 # ---------------------------------------------------------------- run folders
 
 
@@ -100,7 +111,7 @@ def recovered_triggers(path: str, mtime: float) -> dict | None:
     return {"labels": list(rec.labels), "masks": rec.masks.numpy(), "patterns": rec.patterns.numpy(),
             "anomaly": list(rec.anomaly), "flagged": list(rec.flagged), "l1": list(rec.l1),
             "asr_on_model": rec.asr_on_model, "asr_on_original": rec.asr_on_original,
-            "threshold": rec.config.get("anomaly_threshold", 2.0)}
+            "threshold": rec.config.get("anomaly_threshold", 2.0), "recovered_on": rec.recovered_on}
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -158,6 +158,26 @@ def density_figure(x: Sequence[float], y: Sequence[float], cut: float | None, ru
     return fig
 
 
+def neuron_noise_figure(points: Sequence[Mapping], label: int | None = None) -> go.Figure:
+    """Error rate under ANP's neuron noise against its bound, and the share of the errors that go
+    to ``label`` (by default the label receiving most of them), against the even share."""
+    fig = _base("Neuron noise: errors, and where they go", "noise bound eps", "fraction")
+    eps = [p["eps"] for p in points]
+    fig.add_trace(go.Scatter(x=eps, y=[p["error"] for p in points], mode="lines+markers", name="error rate",
+                             line=dict(color=ACC_COLOR)))
+    totals = np.sum([p["errors_to"] for p in points if p["eps"] > 0] or [[0]], axis=0)
+    if label is None and totals.sum() > 0:
+        label = int(np.argmax(totals))
+    if label is not None:
+        share = [p["errors_to"][label] / sum(p["errors_to"]) if sum(p["errors_to"]) else None for p in points]
+        fig.add_trace(go.Scatter(x=eps, y=share, mode="lines+markers", name=f"share of errors to label {label}",
+                                 line=dict(color=ASR_COLOR)))
+    fig.add_trace(go.Scatter(x=eps, y=[p["even_share"] for p in points], mode="lines", name="even share",
+                             line=dict(color="#888", dash="dot")))
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
 # ---------------------------------------------------------------- sweeps
 
 

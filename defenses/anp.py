@@ -146,17 +146,21 @@ class ANP:
         )
 
     def _perturb(self, net, x, y, nmap, masks, noise_w, noise_b, gen):
-        """Signed-gradient ascent on the neuron noise from a uniform random start, clipped."""
-        eps, steps = self.config.eps, self.config.steps
-        noise = list(noise_w.values()) + list(noise_b.values())
+        adversarial_noise(net, x, y, nmap, masks, noise_w, noise_b, self.config.eps, self.config.steps, gen)
+
+
+def adversarial_noise(net, x, y, nmap, masks, noise_w, noise_b, eps: float, steps: int, gen) -> None:
+    """ANP's inner maximisation, in place on ``noise_w``/``noise_b``: signed-gradient ascent on the
+    neuron noise from a uniform random start in [-eps, eps], clipped back after every step."""
+    noise = list(noise_w.values()) + list(noise_b.values())
+    with torch.no_grad():
+        for n in noise:
+            n.copy_(torch.rand(n.shape, generator=gen, device=n.device) * 2 * eps - eps)
+    fixed = {k: m.detach() for k, m in masks.items()}
+    for _ in range(steps):
+        out = masked_forward(net, x, nmap, {k: fixed[k] + noise_w[k] for k in masks},
+                             {k: 1 + noise_b[k] for k in masks})
+        grads = torch.autograd.grad(F.cross_entropy(out, y), noise)
         with torch.no_grad():
-            for n in noise:
-                n.copy_(torch.rand(n.shape, generator=gen, device=n.device) * 2 * eps - eps)
-        fixed = {k: m.detach() for k, m in masks.items()}
-        for _ in range(steps):
-            out = masked_forward(net, x, nmap, {k: fixed[k] + noise_w[k] for k in masks},
-                                 {k: 1 + noise_b[k] for k in masks})
-            grads = torch.autograd.grad(F.cross_entropy(out, y), noise)
-            with torch.no_grad():
-                for n, g in zip(noise, grads):
-                    n.add_(g.sign(), alpha=eps / steps).clamp_(-eps, eps)
+            for n, g in zip(noise, grads):
+                n.add_(g.sign(), alpha=eps / steps).clamp_(-eps, eps)

@@ -24,11 +24,11 @@ def _parse_value(text: str):
     return tuple(v) if isinstance(v, list) else v
 
 
-def _parse_sets(pairs) -> dict:
+def _parse_sets(pairs, flag: str = "--set") -> dict:
     params = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"--set takes NAME=VALUE, got {pair!r}.")
+            raise ValueError(f"{flag} takes NAME=VALUE, got {pair!r}.")
         k, v = pair.split("=", 1)
         params[k.strip()] = _parse_value(v.strip())
     return params
@@ -67,7 +67,8 @@ def build_request(args) -> RunRequest:
         data["clean_count"] = args.clean_count
     trigger = _json_arg("--trigger", args.trigger)
     return RunRequest(defense=info.name, params=params, model=model, data=data, trigger=trigger, device=args.device,
-                      recover_triggers=not args.no_trigger_recovery)
+                      recover_triggers=not args.no_trigger_recovery, recover_on=args.recover_on,
+                      recovery_params=_parse_sets(args.recovery_set, "--recovery-set"))
 
 
 def follow(run_dir: Path, stream=None) -> str:
@@ -197,7 +198,12 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--trigger", help='JSON trigger, e.g. {"kind": "badnets", "size": 3, "target": 0}')
     r.add_argument("--device", default="auto")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="a defense hyperparameter (repeatable)")
-    r.add_argument("--no-trigger-recovery", action="store_true", help="skip Neural Cleanse after RNP")
+    r.add_argument("--no-trigger-recovery", action="store_true", help="skip Neural Cleanse after the defense")
+    r.add_argument("--recover-on", choices=("unlearned", "original"), default="unlearned",
+                   help="Neural Cleanse on RNP's unlearned model (RNP runs only; the default) or on the original "
+                        "model (any defense)")
+    r.add_argument("--recovery-set", action="append", metavar="NAME=VALUE",
+                   help="a trigger-recovery setting, e.g. steps=100 (repeatable)")
     r.add_argument("--detach", action="store_true", help="start the run and return at once")
     r.set_defaults(func=cmd_run)
 

@@ -97,7 +97,9 @@ class RunRequest:
     data: dict[str, Any]
     trigger: dict[str, Any] | None = None
     device: str = "auto"
-    recover_triggers: bool = True  # after RNP: Neural Cleanse on the unlearned model
+    recover_triggers: bool = True  # Neural Cleanse after the defense, on the model recover_on names
+    recover_on: str = "unlearned"  # "unlearned": RNP's unlearned model (RNP runs only); "original": any run
+    recovery_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # TriggerRecoveryConfig settings
     label: str = ""
 
     def to_dict(self):
@@ -112,10 +114,21 @@ def resolve_device_name(name: str) -> str:
     return name
 
 
+def check_recovery(request: RunRequest) -> None:
+    """Refuse, in one sentence, trigger-recovery settings that cannot work."""
+    from .base import ConfigError
+    from .trigger_recovery import TriggerRecoveryConfig
+
+    if request.recover_on not in ("unlearned", "original"):
+        raise ConfigError(f"Trigger recovery runs on the 'unlearned' or the 'original' model, not {request.recover_on!r}.")
+    config_from_dict(TriggerRecoveryConfig, request.recovery_params or {})
+
+
 def create_run(request: RunRequest, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
     """Validate the request (the defense's config must build) and write the run folder."""
     info = get_defense(request.defense)
     config_from_dict(info.config_cls, request.params)  # raises ConfigError with one sentence
+    check_recovery(request)
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     model_label = request.model.get("sample") or Path(str(request.model.get("checkpoint", "model"))).stem
@@ -453,13 +466,16 @@ def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
         from .checkpoints import save_safetensors
 
         save_safetensors(unlearned, str(run_dir / "unlearned.safetensors"))
-        if cfg.get("recover_triggers", True):
-            cb.emit(type="stage", stage="trigger recovery")
-            from .trigger_recovery import TriggerRecovery, TriggerRecoveryConfig, save_recovery
+    on = cfg.get("recover_on", "unlearned")
+    subject = model if on == "original" else unlearned
+    if cfg.get("recover_triggers", True) and subject is not None:
+        cb.emit(type="stage", stage="trigger recovery")
+        from .trigger_recovery import TriggerRecovery, TriggerRecoveryConfig, save_recovery
 
-            rec = TriggerRecovery(TriggerRecoveryConfig()).run(unlearned, data.clean, callback=cb, device=device,
-                                                                original_model=model)
-            save_recovery(run_dir / "triggers", rec)
+        recovery = TriggerRecovery(config_from_dict(TriggerRecoveryConfig, cfg.get("recovery_params") or {}))
+        rec = recovery.run(subject, data.clean, callback=cb, device=device, original_model=model)
+        rec.recovered_on = on
+        save_recovery(run_dir / "triggers", rec)
     cb.emit(type="stage", stage="done")
     return "done"
 

@@ -61,6 +61,7 @@ class RecoveredTriggers:
     asr_on_original: list[float] | None  # ... and on the original (backdoored) model
     config: dict
     timings: dict
+    recovered_on: str = "model"  # which model the triggers were recovered on ("unlearned", "original", ...)
 
 
 def anomaly_index(l1: torch.Tensor) -> torch.Tensor:

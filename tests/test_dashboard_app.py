@@ -484,3 +484,13 @@ def test_good_upload_in_the_page_becomes_the_choice(runs):
     assert choice["trigger"]["kind"] == "badnets"
     # a valid request for the engine (not started: no training here)
     RunRequest(defense="clp", params={}, model=choice["model"], data=choice["data"], trigger=choice["trigger"])
+
+
+def test_neuron_noise_check_on_the_model_page_names_the_target(runs):
+    at = app().run()
+    assert "noise_chart" not in [c.key for c in at.get("plotly_chart")]  # only on demand: it costs seconds
+    at.button(key="noise_check").click().run()
+    no_exception(at, "model")
+    assert any("pile onto label 0" in w.value for w in at.warning), [w.value for w in at.warning]
+    at.run()  # a rerun (a slider elsewhere moved) keeps the chart without a new click
+    assert any("pile onto label 0" in w.value for w in at.warning)

@@ -218,3 +218,14 @@ def test_attribution_figure_rows():
     assert {"clean", "triggered", "input", "Saliency, before", "Saliency, after"} <= set(titles)
     assert np.allclose(np.asarray(fig.data[1].z), before[0])
     assert fig.data[1].colorscale != fig.data[0].colorscale  # a heat map over the attribution, gray for the input
+
+
+def test_neuron_noise_figure_shares_of_the_label_with_most_errors():
+    points = [{"eps": 0.0, "error": 0.01, "errors_to": [0, 1, 0], "even_share": 0.5},
+              {"eps": 0.4, "error": 0.10, "errors_to": [0, 2, 8], "even_share": 0.5},
+              {"eps": 0.6, "error": 0.20, "errors_to": [0, 0, 0], "even_share": 0.5}]
+    fig = figures.neuron_noise_figure(points)
+    assert names(fig) == ["error rate", "share of errors to label 2", "even share"]
+    assert list(fig.data[1].y) == [0.0, 0.8, None]  # no errors: no share, not a zero
+    assert list(fig.data[0].y) == [0.01, 0.10, 0.20]
+    assert names(figures.neuron_noise_figure(points, label=1))[1] == "share of errors to label 1"

@@ -104,3 +104,30 @@ def test_two_runs_at_once_stay_isolated(tmp_path):
     out = subprocess.run([sys.executable, "-c", "from defenses.runs import list_runs; import sys;"
                           f"print(len(list_runs({str(tmp_path)!r})))"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "2"
+
+
+def test_any_run_can_recover_triggers_on_the_original_model(tmp_path):
+    from defenses.trigger_recovery import load_recovery
+
+    request = RunRequest(defense="clp", params={}, model=SAMPLE, data=DATA, recover_on="original",
+                         recovery_params={"steps": 3, "labels": [0, 3]})
+    run_dir = create_run(request, tmp_path)
+    assert execute(run_dir) == "done"
+    rec = load_recovery(run_dir / "triggers")
+    assert rec.recovered_on == "original" and rec.labels == [0, 3] and rec.config["steps"] == 3
+    assert tuple(rec.masks.shape) == (2, 1, 28, 28)
+    assert rec.asr_on_model == rec.asr_on_original  # recovered on the original, measured on it
+    assert not (run_dir / "unlearned.safetensors").exists()
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    ({"recover_on": "backdoored"}, "Trigger recovery runs on the 'unlearned' or the 'original' model, not 'backdoored'."),
+    ({"recovery_params": {"step": 3}}, "TriggerRecoveryConfig has no setting step"),
+    ({"recovery_params": {"steps": 0}}, "steps"),
+])
+def test_bad_recovery_settings_are_refused_before_a_folder_exists(tmp_path, settings, fragment):
+    from defenses.base import ConfigError
+
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+        create_run(RunRequest(defense="clp", params={}, model=SAMPLE, data=DATA, **settings), tmp_path)
+    assert list(tmp_path.iterdir()) == []

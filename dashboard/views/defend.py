@@ -46,14 +46,19 @@ with st.expander("Hyperparameters (defaults are the paper's)", expanded=True):
 c1, c2, c3 = st.columns([1, 2, 1])
 devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
 device = c1.selectbox("Device", devices, key="device")
-recover = True
-if name == "rnp":
-    recover = c2.checkbox("Then recover the trigger per label (Neural Cleanse on the unlearned model)", value=True,
-                          key="recover_triggers", help="Slow on a CPU: every label is optimised for 300 steps.")
+with c2:
+    recover = st.checkbox("Then recover the trigger per label (Neural Cleanse)", value=name == "rnp",
+                          key=f"recover_triggers_{name}", help="Slow on a CPU: every label is optimised for 300 steps.")
+    recover_on = "original"
+    if recover and name == "rnp":
+        recover_on = st.radio("Recover it on", ["unlearned", "original"], horizontal=True, key="recover_on",
+                              format_func={"unlearned": "RNP's unlearned model", "original": "the original model"}.get,
+                              help="The unlearned model has lost the clean task but kept the backdoor (RNP's "
+                                   "suggestion); the original model is Neural Cleanse's own setting.")
 if c3.button("Start", type="primary", key="start", disabled=params is None, width="stretch"):
     try:
         request = RunRequest(defense=name, params=params, model=choice["model"], data=choice["data"],
-                             trigger=choice.get("trigger"), device=device, recover_triggers=recover,
+                             trigger=choice.get("trigger"), device=device, recover_triggers=recover, recover_on=recover_on,
                              label=choice["label"])
         run_dir = start_run(request, runs_dir())
         st.session_state["run_id"] = run_dir.name

@@ -21,7 +21,11 @@ with tabs[0]:
              r"\mathcal{L}(m+\delta, \xi)")
     st.markdown("The inner maximum is one signed-gradient step (of size $\\epsilon$) from a random start; the outer "
                 "step is SGD on the masks. Neurons whose mask falls **low** are pruned (paper's cut: 0.2). "
-                "Defaults: $\\epsilon=0.4$, $\\alpha=0.2$, mask lr 0.2, 2000 iterations of 128 images.")
+                "Defaults: $\\epsilon=0.4$, $\\alpha=0.2$, mask lr 0.2, 2000 iterations of 128 images. "
+                "The Model page's **neuron-noise check** draws the paper's first plot for your model: the error "
+                "rate under this noise as $\\epsilon$ grows, and how many of the errors go to one label. "
+                "Errors piling onto one label are ANP's premise; they do not promise that few neurons carry "
+                "the backdoor.")
 with tabs[1]:
     st.markdown("**Reconstructive Neuron Pruning** (Li et al., ICML 2023): *unlearn, then recover*.")
     st.latex(r"\text{1. unlearn: } \max_\theta \mathcal{L}_{CE}(f_\theta; D_{clean}) \text{ until train acc} \le 0.2")

@@ -138,3 +138,26 @@ if summary["triggered"] is not None:
 st.plotly_chart(figures.image_grid(images, titles, ncols=len(summary["clean"]),
                                    title="Test images (top) and the same with the trigger (bottom), with predictions"),
                 key="examples")
+
+st.subheader("Neuron noise: does this model collapse onto one label?")
+st.caption("ANP's premise, checked without the trigger: perturb every neuron's scale and shift by up to ±eps "
+           "(ANP's adversarial noise, BatchNorm on batch statistics) and see where the errors go. A backdoored "
+           "model's errors tend to pile onto its target label; a clean model's spread over the labels.")
+noise_key = json.dumps(choice, sort_keys=True)
+if st.button("Run the neuron-noise check (seconds on a CPU)", key="noise_check") or \
+        st.session_state.get("noise_done") == noise_key:
+    try:
+        noise = cache.neuron_noise(noise_key)
+    except USER_ERRORS as e:
+        show_error(e)
+    else:
+        st.session_state["noise_done"] = noise_key
+        st.plotly_chart(figures.neuron_noise_figure(noise["points"], noise["suspect"]), key="noise_chart")
+        if noise["suspect"] is not None:
+            st.warning(f"Under neuron noise the errors pile onto label {noise['suspect']} at every noise bound, "
+                       f"far above an even share: label {noise['suspect']} is a backdoor suspect. (ANP learns against this noise; "
+                       "whether pruning then removes the backdoor depends on how many neurons carry it.)")
+        else:
+            st.info("No single label takes most of the errors at every noise bound: this check sees no "
+                    "collapse onto a target (a backdoor may still be there, spread over many neurons).")
+        st.caption(f"Measured on the first {noise['images']} test images, one noise draw per batch of 256.")

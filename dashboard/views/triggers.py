@@ -8,11 +8,13 @@ from dashboard.attributions import METHODS
 from dashboard.common import USER_ERRORS, fmt_rate, save_threshold, saved_threshold, show_error
 
 st.title("Recovered triggers")
-st.caption("After RNP, Neural Cleanse reverse-engineers a trigger for every label on the *unlearned* model, which has "
-           "lost its clean features but kept the backdoor: the true target's trigger comes out small.")
+st.caption("Neural Cleanse reverse-engineers, for every label, the smallest mask and pattern that turn clean images "
+           "into that label; a backdoor target's comes out much smaller than the others. After RNP it runs by "
+           "default on the *unlearned* model, which has lost its clean features but kept the backdoor; any run can "
+           "instead recover triggers on the original model.")
 runs = [r for r in rundata.explorable_runs() if (r["path"] / "triggers" / "recovery.json").exists()]
 if not runs:
-    st.info("No run with recovered triggers yet: start an RNP run on the Defend page with trigger recovery on.")
+    st.info("No run with recovered triggers yet: start a run on the Defend page with trigger recovery on.")
     st.stop()
 ids = [r["run_id"] for r in runs]
 by_id = {r["run_id"]: r for r in runs}
@@ -29,6 +31,9 @@ except USER_ERRORS as e:
     show_error(e)
     st.stop()
 
+on = {"unlearned": "RNP's unlearned model", "original": "the original model"}.get(rec.get("recovered_on"))
+if on:
+    st.caption(f"Recovered on {on}.")
 st.plotly_chart(figures.trigger_grid(rec["labels"], rec["masks"], rec["patterns"], rec["flagged"],
                                      *(truth if truth else (None, None))), key="trigger_grid")
 left, right = st.columns([3, 2])
