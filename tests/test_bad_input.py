@@ -107,6 +107,8 @@ CASES = [
     ("non-numeric hyperparameter", SAMPLE + ["--set", "mask_lr=fast"], "mask_lr must be a finite number"),
     ("unknown hyperparameter", SAMPLE + ["--set", "bogus=1"], "has no setting bogus"),
     ("--set without =", SAMPLE + ["--set", "eps"], "--set takes NAME=VALUE"),
+    ("unknown trigger-recovery setting", SAMPLE + ["--recovery-set", "step=3"], "TriggerRecoveryConfig has no setting step"),
+    ("trigger-recovery steps of zero", SAMPLE + ["--recovery-set", "steps=0"], "steps must be at least 1, got 0."),
     ("unknown dataset path", SAMPLE + ["--dataset", "npz:/nonexistent/data.npz"], "/nonexistent/data.npz"),
     ("npz without x/y arrays", SAMPLE + ["--dataset", "npz:{npz_no_arrays}"], "npz"),
     ("cifar10 root that is not there", SAMPLE + ["--dataset", "cifar10", "--root", "/nonexistent/cifar"],
