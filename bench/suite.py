@@ -221,6 +221,28 @@ def cifar_case(path: Path, quick: bool, log, cache_dir: Path = HERE / "cache") -
 # ---------------------------------------------------------------- the report
 
 
+def noise_rows(case: Case, quick: bool, device: torch.device) -> list:
+    """ANP's premise per model: under neuron noise, how much goes wrong and where the errors go."""
+    from defenses.perturbation import neuron_noise_curve, suspect_label
+
+    eps = (0.4,) if quick else (0.2, 0.4, 0.6)
+    points = neuron_noise_curve(case.model, case.data.test, eps, images=256 if quick else 1024, device=device)
+    target = case.trigger.target if case.trigger is not None else None
+    return [[case.name, target, points, suspect_label(points)]]
+
+
+def noise_table(rows) -> list[str]:
+    out = ["| model | target | eps | error (%) | errors to the target (%) | top label (share %) | even share (%) "
+           "| suspect label |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, target, points, suspect in rows:
+        for p in points:
+            to_target = "n/a" if target is None or not sum(p.errors_to) else _pct(p.errors_to[target] / sum(p.errors_to))
+            top = "none" if p.top_label is None else f"{p.top_label} ({_pct(p.top_share)})"
+            out.append(f"| {name} | {'n/a' if target is None else target} | {p.eps:g} | {_pct(p.error)} | {to_target} "
+                       f"| {top} | {_pct(p.even_share)} | {'none' if suspect is None else suspect} |")
+    return out
+
+
 def _pct(v) -> str:
     return "n/a" if v is None or v != v else f"{100 * v:.1f}"
 
@@ -294,6 +316,10 @@ def main(argv=None) -> str:
         lines += [f"## Efficacy on {device.type.upper()} (ACC/ASR in %, test split, default cut)", "",
                   *efficacy_table(efficacy), "", f"## Speed ratios on {device.type.upper()}", "",
                   *speed_table(speed), ""]
+    noise = [row for case in cases for row in noise_rows(case, args.quick, devices[0])]
+    lines += ["## Neuron noise: ANP's premise (test split, ANP's one-step adversarial noise, train-mode BN)", "",
+              "A backdoored model's errors should pile onto its target; the suspect label is named without the "
+              "trigger (the top label at every eps, at least 2.5 times the even share).", "", *noise_table(noise), ""]
     report = "\n".join(lines)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

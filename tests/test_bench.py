@@ -37,6 +37,11 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         value = float(re.fullmatch(r"([0-9.]+)x", ratios[what]).group(1))
         assert math.isfinite(value) and value > 0, (what, ratios[what])
 
+    noise = [r for r in rows if r.count("|") == 9]
+    assert "## Neuron noise: ANP's premise" in report and len(noise) == 1, noise
+    cells = [c.strip() for c in noise[0].split("|")[1:-1]]
+    assert cells[1:3] == ["0", "0.4"] and 0 <= float(cells[3]) <= 100, cells  # target 0, eps 0.4, an error rate
+
     assert "cifar10_resnet_badnets`: PreAct-ResNet-18 width 0.125, 1 epochs" in report
     rows = rows_of(report, "cifar10_resnet_badnets")
     assert {"anp", "rnp", "clp"} <= {r.split("|")[2].strip() for r in rows}
