@@ -33,7 +33,8 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     assert {"anp", "rnp", "clp", "holder"} <= {r.split("|")[2].strip() for r in rows}
     ratios = {r.split("|")[2].strip(): r.split("|")[5].strip() for r in rows if r.count("|") == 7}
     for what in ("ANP iteration / plain training step (batch 128)", "19-point sweep (ANP masks) / 19 evaluations",
-                 "ANP on the head (2000 it.) / Hölder scoring"):
+                 "ANP on the head (2000 it.) / Hölder scoring",
+                 "both on cached head features: ANP (2000 it.) / Hölder scoring"):
         value = float(re.fullmatch(r"([0-9.]+)x", ratios[what]).group(1))
         assert math.isfinite(value) and value > 0, (what, ratios[what])
 
