@@ -494,3 +494,25 @@ def test_neuron_noise_check_on_the_model_page_names_the_target(runs):
     assert any("pile onto label 0" in w.value for w in at.warning), [w.value for w in at.warning]
     at.run()  # a rerun (a slider elsewhere moved) keeps the chart without a new click
     assert any("pile onto label 0" in w.value for w in at.warning)
+
+
+def test_defend_page_sends_the_trigger_recovery_choice(runs):
+    from defenses.runs import cancel_run
+
+    at = app().run()
+    at.switch_page("views/defend.py").run()
+    at.selectbox(key="defense").set_value("clp").run()
+    assert at.checkbox(key="recover_triggers_clp").value is False  # slow: off unless asked for
+    assert not [r for r in at.radio if r.key == "recover_on"]  # only RNP has an unlearned model
+    at.checkbox(key="recover_triggers_clp").check().run()
+    at.number_input(key="recovery_steps").set_value(20)
+    at.button(key="start").click().run()
+    no_exception(at, "defend")
+    run_dir = runs / at.session_state["run_id"]
+    cancel_run(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["recover_triggers"], config["recover_on"], config["recovery_params"]) == (True, "original",
+                                                                                           {"steps": 20})
+    at.selectbox(key="defense").set_value("rnp").run()
+    assert at.checkbox(key="recover_triggers_rnp").value is True
+    assert at.radio(key="recover_on").value == "unlearned"

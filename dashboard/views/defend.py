@@ -48,8 +48,13 @@ devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
 device = c1.selectbox("Device", devices, key="device")
 with c2:
     recover = st.checkbox("Then recover the trigger per label (Neural Cleanse)", value=name == "rnp",
-                          key=f"recover_triggers_{name}", help="Slow on a CPU: every label is optimised for 300 steps.")
-    recover_on = "original"
+                          key=f"recover_triggers_{name}", help="Slow on a CPU: a mask and pattern are optimised for every label in turn.")
+    recover_on, recovery_params = "original", {}
+    if recover:
+        recovery_params["steps"] = int(st.number_input(
+            "Recovery steps per label", min_value=10, max_value=5000, value=300, step=50, key="recovery_steps",
+            help="Neural Cleanse's Adam steps for each label's mask and pattern (300: the default; 100 is often "
+                 "enough for a small digit model)."))
     if recover and name == "rnp":
         recover_on = st.radio("Recover it on", ["unlearned", "original"], horizontal=True, key="recover_on",
                               format_func={"unlearned": "RNP's unlearned model", "original": "the original model"}.get,
@@ -58,8 +63,8 @@ with c2:
 if c3.button("Start", type="primary", key="start", disabled=params is None, width="stretch"):
     try:
         request = RunRequest(defense=name, params=params, model=choice["model"], data=choice["data"],
-                             trigger=choice.get("trigger"), device=device, recover_triggers=recover, recover_on=recover_on,
-                             label=choice["label"])
+                             trigger=choice.get("trigger"), device=device, recover_triggers=recover,
+                             recover_on=recover_on, recovery_params=recovery_params, label=choice["label"])
         run_dir = start_run(request, runs_dir())
         st.session_state["run_id"] = run_dir.name
         st.toast(f"Started {run_dir.name}")
