@@ -59,7 +59,8 @@ def main(argv=None):
     Holder(HolderConfig()).run(model, data.clean)  # warm-up (imports, allocator)
     holder_s, holder = timed(lambda: Holder(HolderConfig()).run(model, data.clean), args.repeats)
     case = Case(SAMPLE, model, data, trigger)
-    rows = holder_vs_anp(case, model, holder, False, args.anp_iterations, torch.device("cpu"), lambda m: None)
+    rows = holder_vs_anp(case, model, holder, False, args.anp_iterations, torch.device("cpu"), lambda m: None,
+                         holder_s=holder_s)
     print(f"## Hölder vs ANP on the head of `{SAMPLE}`\n")
     print(f"Head layers: {', '.join(head)} ({n_head} neurons); clean set {len(data.clean)} images; "
           f"torch threads {torch.get_num_threads()}; Hölder median of {args.repeats} runs.\n")

@@ -154,8 +154,10 @@ def run_case(case: Case, quick: bool, anp_iterations: int | None, device: torch.
     return efficacy, speed
 
 
-def holder_vs_anp(case: Case, model, holder_result, quick, anp_iterations, device, log) -> list:
-    """Hölder's scoring time against ANP restricted to the same head layers, at ANP's full budget."""
+def holder_vs_anp(case: Case, model, holder_result, quick, anp_iterations, device, log,
+                  holder_s: float | None = None) -> list:
+    """Hölder's scoring time (``holder_s``, by default the result's own) against ANP restricted to
+    the same head layers, at ANP's full budget."""
     from defenses.anp import ANP, ANPConfig
 
     head = tuple(holder_result.scores)
@@ -165,7 +167,7 @@ def holder_vs_anp(case: Case, model, holder_result, quick, anp_iterations, devic
     anp = ANP(ANPConfig(layers=head, iterations=measured, snapshot_every=measured)).run(model, case.data.clean,
                                                                                        device=device)
     anp_full_s = anp.timings["per_iteration_s"] * full
-    holder_s = holder_result.timings["total_s"]
+    holder_s = holder_result.timings["total_s"] if holder_s is None else holder_s
     note = (f"ANP on {', '.join(head)} timed for {measured} iterations and scaled to {full}; "
             f"target: Hölder >= 100x faster")
     rows = [[case.name, "ANP on the head (2000 it.) / Hölder scoring", anp_full_s, holder_s, note]]
@@ -177,8 +179,7 @@ def holder_vs_anp(case: Case, model, holder_result, quick, anp_iterations, devic
         features = FeatureSplit.extract(model.extractor, case.data.clean, device)
         extract_s = time.perf_counter() - t0
         cached = ANP(ANPConfig(iterations=measured, snapshot_every=measured)).run(model.head, features, device=device)
-        config = HolderConfig(**{k: v for k, v in holder_result.config.items() if k != "radii"},
-                              radii=tuple(holder_result.config["radii"]))
+        config = config_from_dict(HolderConfig, holder_result.config)
         holder_head_s = Holder(config).run(model.head, features, device=device).timings["total_s"]
         rows.append([case.name, "both on cached head features: ANP (2000 it.) / Hölder scoring",
                      cached.timings["per_iteration_s"] * full, holder_head_s,
@@ -280,7 +281,8 @@ def noise_table(rows) -> list[str]:
            "| suspect label |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, target, points, suspect in rows:
         for p in points:
-            to_target = "n/a" if target is None or not sum(p.errors_to) else _pct(p.errors_to[target] / sum(p.errors_to))
+            wrong = sum(p.errors_to)
+            to_target = "n/a" if target is None or not wrong else _pct(p.errors_to[target] / wrong)
             top = "none" if p.top_label is None else f"{p.top_label} ({_pct(p.top_share)})"
             out.append(f"| {name} | {'n/a' if target is None else target} | {p.eps:g} | {_pct(p.error)} | {to_target} "
                        f"| {top} | {_pct(p.even_share)} | {'none' if suspect is None else suspect} |")

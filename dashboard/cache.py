@@ -79,7 +79,8 @@ def neuron_noise(choice_key: str, images: int = 512) -> dict:
     choice = json.loads(choice_key)
     model, bundle, _, _ = check_choice(choice["model"], choice["data"], choice.get("trigger"))
     points = neuron_noise_curve(model, bundle.test, images=images)
-    return {"points": [p.to_dict() for p in points], "suspect": suspect_label(points), "images": min(images, len(bundle.test))}
+    return {"points": [p.to_dict() for p in points], "suspect": suspect_label(points),
+            "images": min(images, len(bundle.test))}
 
 
 # ---------------------------------------------------------------- run folders

@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .runs import DEFAULT_RUNS_DIR, FINAL, RunRequest, cancel_run, list_runs, read_events, read_json, read_status
+from .runs import (DEFAULT_RUNS_DIR, FINAL, RECOVER_ON, RunRequest, cancel_run, list_runs, read_events, read_json,
+                   read_status)
 
 
 def _parse_value(text: str):
@@ -199,7 +200,7 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="a defense hyperparameter (repeatable)")
     r.add_argument("--no-trigger-recovery", action="store_true", help="skip Neural Cleanse after the defense")
-    r.add_argument("--recover-on", choices=("unlearned", "original"), default="unlearned",
+    r.add_argument("--recover-on", choices=RECOVER_ON, default="unlearned",
                    help="Neural Cleanse on RNP's unlearned model (RNP runs only; the default) or on the original "
                         "model (any defense)")
     r.add_argument("--recovery-set", action="append", metavar="NAME=VALUE",

@@ -71,12 +71,8 @@ def neuron_noise_curve(model: torch.nn.Module, data: ArraySplit, eps_values=DEFA
                 x, y = data.images(idx).to(device), data.y[idx].to(device)
                 noise_w = {k: torch.zeros_like(v, requires_grad=True) for k, v in ones.items()}
                 noise_b = {k: torch.zeros_like(v, requires_grad=True) for k, v in ones.items()}
-                if eps > 0 and adversarial:
-                    adversarial_noise(net, x, y, nmap, ones, noise_w, noise_b, eps, 1, gen)
-                elif eps > 0:
-                    with torch.no_grad():
-                        for v in (*noise_w.values(), *noise_b.values()):
-                            v.copy_(torch.rand(v.shape, generator=gen, device=device) * 2 * eps - eps)
+                if eps > 0:  # zero ascent steps leave ANP's uniform random start
+                    adversarial_noise(net, x, y, nmap, ones, noise_w, noise_b, eps, 1 if adversarial else 0, gen)
                 with torch.no_grad():
                     out = masked_forward(net, x, nmap, {k: 1 + noise_w[k] for k in ones},
                                          {k: 1 + noise_b[k] for k in ones})

@@ -114,13 +114,17 @@ def resolve_device_name(name: str) -> str:
     return name
 
 
+RECOVER_ON = ("unlearned", "original")  # RNP's unlearned model (RNP runs only), or the original (any run)
+
+
 def check_recovery(request: RunRequest) -> None:
     """Refuse, in one sentence, trigger-recovery settings that cannot work."""
     from .base import ConfigError
     from .trigger_recovery import TriggerRecoveryConfig
 
-    if request.recover_on not in ("unlearned", "original"):
-        raise ConfigError(f"Trigger recovery runs on the 'unlearned' or the 'original' model, not {request.recover_on!r}.")
+    if request.recover_on not in RECOVER_ON:
+        raise ConfigError(f"Trigger recovery runs on the 'unlearned' or the 'original' model, "
+                          f"not {request.recover_on!r}.")
     config_from_dict(TriggerRecoveryConfig, request.recovery_params or {})
 
 

@@ -148,7 +148,9 @@ class TriggerRecovery:
         x_all = clean_data.images()
         asr_model = [trigger_asr(net, x_all, clean_data.y, masks[i], patterns[i], t) for i, t in enumerate(labels)]
         asr_orig = None
-        if original_model is not None:
+        if original_model is model:  # recovered on the original itself: the same numbers
+            asr_orig = list(asr_model)
+        elif original_model is not None:
             asr_orig = [trigger_asr(original_model, x_all, clean_data.y, masks[i], patterns[i], t)
                         for i, t in enumerate(labels)]
         return RecoveredTriggers(labels, torch.stack(masks), torch.stack(patterns), l1, anomaly.tolist(), flagged,

@@ -7,7 +7,7 @@ from dashboard.common import USER_ERRORS, current_choice, fmt_rate, page_link, s
 from dashboard.config_form import render, widget_key
 from dashboard.rundata import describe_run, live_view, run_path, runs_dir
 from defenses.base import all_defenses, config_from_dict
-from defenses.runs import RunRequest, cancel_run, list_runs, start_run
+from defenses.runs import RECOVER_ON, RunRequest, cancel_run, list_runs, start_run
 
 st.title("Defend")
 choice = current_choice()
@@ -48,7 +48,8 @@ devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
 device = c1.selectbox("Device", devices, key="device")
 with c2:
     recover = st.checkbox("Then recover the trigger per label (Neural Cleanse)", value=name == "rnp",
-                          key=f"recover_triggers_{name}", help="Slow on a CPU: a mask and pattern are optimised for every label in turn.")
+                          key=f"recover_triggers_{name}",
+                          help="Slow on a CPU: a mask and pattern are optimised for every label in turn.")
     recover_on, recovery_params = "original", {}
     if recover:
         recovery_params["steps"] = int(st.number_input(
@@ -56,7 +57,7 @@ with c2:
             help="Neural Cleanse's Adam steps for each label's mask and pattern (300: the default; 100 is often "
                  "enough for a small digit model)."))
     if recover and name == "rnp":
-        recover_on = st.radio("Recover it on", ["unlearned", "original"], horizontal=True, key="recover_on",
+        recover_on = st.radio("Recover it on", RECOVER_ON, horizontal=True, key="recover_on",
                               format_func={"unlearned": "RNP's unlearned model", "original": "the original model"}.get,
                               help="The unlearned model has lost the clean task but kept the backdoor (RNP's "
                                    "suggestion); the original model is Neural Cleanse's own setting.")
