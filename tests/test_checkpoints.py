@@ -2,6 +2,7 @@
 import io
 import os
 import pickle
+import random
 
 import pytest
 import torch
@@ -70,7 +71,7 @@ def test_bad_files_are_refused_with_one_sentence(tmp_path, case, match):
     elif case == "truncated_st":
         path.write_bytes(safetensors_bytes(model)[:-100])
     elif case == "random":
-        path.write_bytes(os.urandom(4096))
+        path.write_bytes(random.Random(0).randbytes(4096))
     elif case == "code_pickle":
         torch.save({"x": Evil()}, path)
     elif case == "full_module":
@@ -121,3 +122,16 @@ def test_nan_and_inf_weights(bad):
         model.features[0].weight[0, 0, 0, 0] = bad
     with pytest.raises(CheckpointError, match="NaN or infinite values in features.0.weight"):
         load_into(small(), safetensors_bytes(model))
+
+
+def test_fuzzed_bytes_only_ever_get_a_checkpoint_error():
+    # CI once drew random bytes that ended the weights-only unpickler in a KeyError; seeded
+    # inputs (half of them starting like a protocol-2 pickle) keep that case in every run.
+    rng = random.Random(0)
+    for i in range(600):
+        data = rng.randbytes(rng.choice([1, 2, 16, 100, 4096]))
+        if i % 2:
+            data = b"\x80\x02" + data
+        with pytest.raises(CheckpointError) as err:
+            load_state_dict(data)
+        assert one_sentence(str(err.value))

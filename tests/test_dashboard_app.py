@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import random
 import re
 import time
 from pathlib import Path
@@ -380,7 +381,7 @@ class Payload:
 
 def test_empty_and_random_and_truncated_files(tmp_path):
     assert "empty" in refused(b"", "w.pt", tmp_path)
-    assert "not a readable" in refused(os.urandom(4096), "w.pt", tmp_path)
+    assert "not a readable" in refused(random.Random(1).randbytes(4096), "w.pt", tmp_path)
     good = safetensors_bytes(cnn_state())
     assert "damaged or truncated" in refused(good[: len(good) // 2], "w.safetensors", tmp_path)
     buf = io.BytesIO()
@@ -460,7 +461,7 @@ def test_bad_upload_in_the_page_keeps_the_previous_choice(runs):
     at = app().run()
     before = at.session_state["choice"]
     at.radio(key="model_source").set_value("Your own weights").run()
-    at.file_uploader(key="upload").set_value(("random.pt", os.urandom(1000), "application/octet-stream")).run()
+    at.file_uploader(key="upload").set_value(("random.pt", random.Random(2).randbytes(1000), "application/octet-stream")).run()
     at.button(key="use_own").click().run()
     no_exception(at, "model")
     assert len(at.error) == 1 and one_sentence(at.error[0].value) and "not a readable" in at.error[0].value
