@@ -21,6 +21,11 @@ def rows_of(report: str, model: str) -> list[str]:
     return [l for l in report.splitlines() if l.startswith(f"| {model} |")]
 
 
+def section(report: str, title: str) -> str:
+    assert title in report, title
+    return report.split(title, 1)[1].split("\n## ", 1)[0]
+
+
 @pytest.mark.slow
 def test_quick_benchmark_writes_every_row(tmp_path):
     tiny_cifar(tmp_path / "cifar.npz")
@@ -38,10 +43,13 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         value = float(re.fullmatch(r"([0-9.]+)x", ratios[what]).group(1))
         assert math.isfinite(value) and value > 0, (what, ratios[what])
 
-    noise = [r for r in rows if r.count("|") == 9]
-    assert "## Neuron noise: ANP's premise" in report and len(noise) == 1, noise
+    noise = rows_of(section(report, "## Neuron noise: ANP's premise"), "mlp_head_badnets")
+    assert len(noise) == 1, noise
     cells = [c.strip() for c in noise[0].split("|")[1:-1]]
     assert cells[1:3] == ["0", "0.4"] and 0 <= float(cells[3]) <= 100, cells  # target 0, eps 0.4, an error rate
+
+    oracle = rows_of(section(report, "## How prunable is each backdoor?"), "mlp_head_badnets")
+    assert len(oracle) == 1 and oracle[0].split("|")[2].strip() == "576", oracle  # every neuron of the model
 
     assert "cifar10_resnet_badnets`: PreAct-ResNet-18 width 0.125, 1 epochs" in report
     rows = rows_of(report, "cifar10_resnet_badnets")

@@ -506,14 +506,18 @@ def test_defend_page_sends_the_trigger_recovery_choice(runs):
     assert at.checkbox(key="recover_triggers_clp").value is False  # slow: off unless asked for
     assert not [r for r in at.radio if r.key == "recover_on"]  # only RNP has an unlearned model
     at.checkbox(key="recover_triggers_clp").check().run()
+    assert at.number_input(key="recovery_batch").value == 128  # Neural Cleanse's defaults shown
     at.number_input(key="recovery_steps").set_value(20)
+    at.number_input(key="recovery_batch").set_value(32)
+    at.number_input(key="recovery_lam").set_value(0.02)
     at.button(key="start").click().run()
     no_exception(at, "defend")
     run_dir = runs / at.session_state["run_id"]
     cancel_run(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["recover_triggers"], config["recover_on"], config["recovery_params"]) == (True, "original",
-                                                                                           {"steps": 20})
+                                                                                           {"steps": 20, "batch_size": 32,
+                                                                                            "lam": 0.02})
     at.selectbox(key="defense").set_value("rnp").run()
     assert at.checkbox(key="recover_triggers_rnp").value is True
     assert at.radio(key="recover_on").value == "unlearned"

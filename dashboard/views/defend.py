@@ -8,6 +8,7 @@ from dashboard.config_form import render, widget_key
 from dashboard.rundata import describe_run, live_view, run_path, runs_dir
 from defenses.base import all_defenses, config_from_dict
 from defenses.runs import RECOVER_ON, RunRequest, cancel_run, list_runs, start_run
+from defenses.trigger_recovery import TriggerRecoveryConfig
 
 st.title("Defend")
 choice = current_choice()
@@ -52,10 +53,18 @@ with c2:
                           help="Slow on a CPU: a mask and pattern are optimised for every label in turn.")
     recover_on, recovery_params = "original", {}
     if recover:
-        recovery_params["steps"] = int(st.number_input(
-            "Recovery steps per label", min_value=10, max_value=5000, value=300, step=50, key="recovery_steps",
-            help="Neural Cleanse's Adam steps for each label's mask and pattern (300: the default; 100 is often "
-                 "enough for a small digit model)."))
+        nc = TriggerRecoveryConfig()
+        s1, s2, s3 = st.columns(3)
+        recovery_params["steps"] = int(s1.number_input(
+            "Steps per label", min_value=10, max_value=5000, value=nc.steps, step=50, key="recovery_steps",
+            help=f"Neural Cleanse's Adam steps for each label's mask and pattern ({nc.steps}: the default; 100 is "
+                 f"often enough for a small digit model)."))
+        recovery_params["batch_size"] = int(s2.number_input(
+            "Images per step", min_value=1, max_value=4096, value=nc.batch_size, step=32, key="recovery_batch",
+            help="Clean images per Adam step; 32 is often enough and four times faster on a CPU."))
+        recovery_params["lam"] = float(s3.number_input(
+            "Mask size weight λ", min_value=0.0, max_value=100.0, value=nc.lam, step=0.005, format="%.4f",
+            key="recovery_lam", help="Weight of the mask's L1 norm: larger keeps recovered triggers smaller."))
     if recover and name == "rnp":
         recover_on = st.radio("Recover it on", RECOVER_ON, horizontal=True, key="recover_on",
                               format_func={"unlearned": "RNP's unlearned model", "original": "the original model"}.get,
