@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from defenses.anp import restrict
 from defenses.data import ArraySplit
 from defenses.evaluation import SweepRow, sweep
 from defenses.neurons import NeuronMap, find_neurons, masked_forward, working_copy
@@ -22,11 +23,13 @@ COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 
 
 def oracle_scores(model, clean: ArraySplit, trigger: Trigger, *, l1: float = 0.01, iterations: int = 400,
-                  batch_size: int = 128, lr: float = 0.05, seed: int = 0, device=None) -> dict[str, torch.Tensor]:
-    """Mask per neuron in (0, 1); low = the trigger relies on it and the clean task does not."""
+                  batch_size: int = 128, lr: float = 0.05, seed: int = 0, layers=None,
+                  device=None) -> dict[str, torch.Tensor]:
+    """Mask per neuron in (0, 1); low = the trigger relies on it and the clean task does not.
+    ``layers`` restricts the oracle to some neuron layers (an MLP head, to compare with Hölder)."""
     device = torch.device(device or "cpu")
     net = working_copy(model, device).eval()
-    nmap = find_neurons(net, tuple(clean.x.shape[1:]), device)
+    nmap = restrict(find_neurons(net, tuple(clean.x.shape[1:]), device), layers)
     # Start at mask 0.95: on, but with a sigmoid gradient large enough to move.
     logits = {l.name: torch.full((l.size,), 3.0, device=device, requires_grad=True) for l in nmap.layers}
     opt = torch.optim.Adam(list(logits.values()), lr=lr)

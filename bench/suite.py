@@ -15,6 +15,10 @@ number of neurons pruned. Speed, as ratios measured in this one run on this one 
 - a 19-point threshold sweep / 19 plain evaluations of the unpruned model on the test split (the
   sweep reuses the evaluation of any point whose pruned set equals the previous one's).
 
+Two reference tables follow: ANP's premise per model (where the errors go under neuron noise) and
+a trigger-aware oracle (bench/oracle.py): the fewest neurons whose pruning brings ASR under 5%,
+which bounds what any pruning defense could do on that model.
+
 A CIFAR-10 case is added when ``../shared/data/cifar10_subset.npz`` (or ``--cifar PATH``) exists: a
 narrow PreAct-ResNet-18 is trained on it with a BadNets patch inside the benchmark and cached in
 ``bench/cache``. Benchmarks report; they assert nothing.
