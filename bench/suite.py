@@ -291,9 +291,20 @@ def oracle_rows(case: Case, quick: bool, device: torch.device) -> list:
     before = evaluate(model, case.data.test, case.trigger, device=device)
     if before["asr"] < 0.05:
         return []  # nothing to remove (the clean control)
-    scores = oracle_scores(model, case.data.clean, case.trigger, iterations=10 if quick else 400, device=device)
-    rows = oracle_sweep(model, nmap, scores, case.data.test, case.trigger, device=device)
-    return [[case.name, nmap.total, before, smallest_cut(rows), max(r.n_pruned for r in rows)]]
+    from defenses.holder import head_layers
+
+    out = []
+    try:  # where Hölder applies, also the head alone: the neurons Hölder may prune
+        scopes = [(None, case.name), (tuple(head_layers(nmap)), f"{case.name} (MLP head only)")]
+    except ValueError:
+        scopes = [(None, case.name)]
+    for layers, label in scopes:
+        scores = oracle_scores(model, case.data.clean, case.trigger, iterations=10 if quick else 400, layers=layers,
+                               device=device)
+        rows = oracle_sweep(model, nmap, scores, case.data.test, case.trigger, device=device)
+        total = sum(l.size for l in nmap.layers if layers is None or l.name in layers)
+        out.append([label, total, before, smallest_cut(rows), max(r.n_pruned for r in rows)])
+    return out
 
 
 def oracle_table(rows) -> list[str]:

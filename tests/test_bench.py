@@ -48,8 +48,9 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     cells = [c.strip() for c in noise[0].split("|")[1:-1]]
     assert cells[1:3] == ["0", "0.4"] and 0 <= float(cells[3]) <= 100, cells  # target 0, eps 0.4, an error rate
 
-    oracle = rows_of(section(report, "## How prunable is each backdoor?"), "mlp_head_badnets")
-    assert len(oracle) == 1 and oracle[0].split("|")[2].strip() == "576", oracle  # every neuron of the model
+    oracle = section(report, "## How prunable is each backdoor?")
+    assert rows_of(oracle, "mlp_head_badnets")[0].split("|")[2].strip() == "576"  # every neuron of the model
+    assert rows_of(oracle, "mlp_head_badnets (MLP head only)")[0].split("|")[2].strip() == "384"  # Hölder's
 
     assert "cifar10_resnet_badnets`: PreAct-ResNet-18 width 0.125, 1 epochs" in report
     rows = rows_of(report, "cifar10_resnet_badnets")
