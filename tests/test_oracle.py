@@ -1,7 +1,8 @@
 """The benchmark's trigger-aware oracle: a yardstick for how prunable a backdoor is."""
+import pytest
 import torch
 
-from bench.oracle import oracle_scores, oracle_sweep, smallest_cut
+from bench.oracle import main, oracle_scores, oracle_sweep, smallest_cut
 from defenses.evaluation import SweepRow
 from defenses.neurons import find_neurons
 from defenses.triggers import TriggerSpec
@@ -28,3 +29,13 @@ def test_smallest_cut_takes_the_fewest_neurons_under_the_goal():
     rows = [SweepRow(3.0, 3, 0.9, 0.01), SweepRow(1.0, 1, 0.99, 0.5), SweepRow(2.0, 2, 0.95, 0.04)]
     assert smallest_cut(rows).n_pruned == 2
     assert smallest_cut(rows, asr_goal=0.01) is None
+
+
+def test_command_prints_the_sweep_and_refuses_a_head_only_run_without_a_head(capsys):
+    rows = main(["cnn_blend", "--iterations", "2"])
+    out = capsys.readouterr().out
+    assert [r.n_pruned for r in rows] == [1, 2, 4, 8, 12, 16, 24, 32, 48, 64]
+    assert "| 64 |" in out and "Fewest neurons for ASR < 5%:" in out
+    with pytest.raises(SystemExit):
+        main(["cnn_blend", "--head-only"])
+    assert "needs an MLP head" in capsys.readouterr().err
