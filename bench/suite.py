@@ -106,12 +106,11 @@ def sweep_ratio(case: Case, nmap, scores, suspicious, rule, device) -> tuple[flo
     return sweep_s, evals_s, distinct
 
 
-QUICK = {"anp": {"iterations": 4}, "rnp": {"unlearn_epochs": 1, "recover_epochs": 1}}
 QUICK_TEST_IMAGES = 200
 
 
 def budget(name: str, quick: bool, anp_iterations: int | None) -> dict:
-    params = dict(QUICK.get(name, {})) if quick else {}
+    params = dict(all_defenses()[name].quick) if quick else {}  # the registry's one quick budget
     if name == "anp" and anp_iterations is not None:
         params["iterations"] = anp_iterations
     if name == "anp":
