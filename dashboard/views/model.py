@@ -156,8 +156,8 @@ if st.button("Run the neuron-noise check (seconds on a CPU)", key="noise_check")
         if noise["suspect"] is not None:
             st.warning(f"Under neuron noise the errors pile onto label {noise['suspect']} at every noise bound, "
                        f"far above an even share: label {noise['suspect']} is a backdoor suspect. (ANP learns "
-                       "against this noise; whether pruning then removes the backdoor depends on how many neurons "
-                       "carry it.)")
+                       "against this noise; whether pruning then removes the backdoor depends on whether its masks "
+                       "single out the neurons that carry it.)")
         else:
             st.info("No single label takes most of the errors at every noise bound: this check sees no "
                     "collapse onto a target (a backdoor may still be there, spread over many neurons).")
