@@ -412,8 +412,9 @@ def main(argv=None) -> str:
     oracle = [row for case in cases for row in oracle_rows(case, args.quick, devices[0])]
     lines += ["## How prunable is each backdoor? A trigger-aware oracle (test split)", "",
               "The oracle knows the trigger, which no defense does (bench/oracle.py): it learns the masks that keep "
-              "the true label on clean and on triggered images with an L1 penalty on every neuron switched off, then prunes the "
-              "lowest by count. Where it needs many neurons or many ACC points, no pruning defense can do better.",
+              "the true label on clean and on triggered images with an L1 penalty on every neuron switched off, "
+              "then prunes the lowest by count. Where it needs many neurons or many ACC points, no pruning defense "
+              "can do better.",
               "", *oracle_table(oracle), ""]
     report = "\n".join(lines)
     out = Path(args.out)
