@@ -6,7 +6,8 @@ keeps the true label both on clean images and on the same images with the trigge
 penalty on 1 - mask so that as few neurons as possible are switched off. The neurons with the
 lowest masks are the ones the trigger needs and the clean task can spare. Pruning them by count
 gives the best ACC/ASR trade-off a pruning defense could hope for on this model; if even the
-oracle needs many neurons, no pruning defense can meet "ASR < 5% with ACC within 3 points" there. Benchmarks only: it needs the trigger.
+oracle needs many neurons, no pruning defense can meet "ASR < 5% with ACC within 3 points" there.
+Benchmarks only: it needs the trigger.
 
     python -m bench.oracle resnet_badnets [--head-only] [--iterations 400]
 
