@@ -17,6 +17,8 @@ from .rundata import runs_dir
 
 APP_TITLE = "prunescope"
 TAGLINE = "Neuron-pruning defenses against backdoors, live"
+# The words for defenses.runs.RECOVER_ON, shared by the Defend page's choice and the Triggers page.
+RECOVERED_ON = {"unlearned": "RNP's unlearned model", "original": "the original model"}
 
 
 def default_sample() -> str | None:

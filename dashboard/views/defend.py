@@ -3,7 +3,7 @@ import streamlit as st
 import torch
 
 from dashboard import cache, figures
-from dashboard.common import USER_ERRORS, current_choice, fmt_rate, page_link, show_error
+from dashboard.common import RECOVERED_ON, USER_ERRORS, current_choice, fmt_rate, page_link, show_error
 from dashboard.config_form import render, widget_key
 from dashboard.rundata import describe_run, live_view, run_path, runs_dir
 from defenses.base import all_defenses, config_from_dict
@@ -67,7 +67,7 @@ with c2:
             key="recovery_lam", help="Weight of the mask's L1 norm: larger keeps recovered triggers smaller."))
     if recover and name == "rnp":
         recover_on = st.radio("Recover it on", RECOVER_ON, horizontal=True, key="recover_on",
-                              format_func={"unlearned": "RNP's unlearned model", "original": "the original model"}.get,
+                              format_func=RECOVERED_ON.get,
                               help="The unlearned model has lost the clean task but kept the backdoor (RNP's "
                                    "suggestion); the original model is Neural Cleanse's own setting.")
 if c3.button("Start", type="primary", key="start", disabled=params is None, width="stretch"):

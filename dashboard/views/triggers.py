@@ -5,7 +5,8 @@ import streamlit as st
 
 from dashboard import cache, figures, rundata
 from dashboard.attributions import METHODS
-from dashboard.common import USER_ERRORS, fmt_rate, save_threshold, saved_threshold, show_error
+from dashboard.common import (RECOVERED_ON, USER_ERRORS, fmt_rate, save_threshold, saved_threshold,
+                              show_error)
 
 st.title("Recovered triggers")
 st.caption("Neural Cleanse reverse-engineers, for every label, the smallest mask and pattern that turn clean images "
@@ -31,7 +32,7 @@ except USER_ERRORS as e:
     show_error(e)
     st.stop()
 
-on = {"unlearned": "RNP's unlearned model", "original": "the original model"}.get(rec.get("recovered_on"))
+on = RECOVERED_ON.get(rec.get("recovered_on"))
 if on:
     st.caption(f"Recovered on {on}.")
 st.plotly_chart(figures.trigger_grid(rec["labels"], rec["masks"], rec["patterns"], rec["flagged"],
