@@ -48,6 +48,15 @@ def sample_names() -> list[str]:
     return list(catalog())
 
 
+def training_summary(entry: dict) -> str:
+    """How a sample was trained, for a caption: "Adam, 12 epochs" or "SGD with weight decay 0.0005, 100 epochs"."""
+    o = entry.get("optimizer") or {"name": "adam"}
+    how = "SGD" if o["name"] == "sgd" else "Adam"
+    if o.get("weight_decay"):
+        how += f" with weight decay {o['weight_decay']:g}"
+    return f"{how}, {entry['epochs']} epochs" if entry.get("epochs") else how
+
+
 def build_sample_model(entry: dict) -> nn.Module:
     c, h, _ = entry["input_shape"]
     return build_model(entry["architecture"], entry["num_classes"], c, h, **entry.get("arch_kwargs", {}))

@@ -7,6 +7,12 @@ Each recipe poisons 10% of the mnist5k training split (stamp the trigger, relabe
 target, 0 unless stated), trains, and measures ACC and ASR on the held-out test split. The
 frozen-extractor sample reuses the clean control's convolutional trunk, frozen, and trains only
 an MLP head on poisoned data (the Hölder-pruning threat model).
+
+Most samples train briefly with Adam (a one-cycle schedule, 12 epochs), which is quick. The
+papers train their backdoored models with SGD, momentum 0.9, weight decay 5e-4 and a cosine
+schedule for many epochs; ``cnn_badnets_sgd`` is ``cnn_badnets`` trained that way. The recipe
+changes what the pruning defenses find: on the Adam-trained model ANP's masks (2000 iterations)
+leave ASR at 99.9%, on the SGD-trained one they cut it to about 26%.
 """
 from __future__ import annotations
 
@@ -31,6 +37,9 @@ BLEND = TriggerSpec(kind="blend", target=0, alpha=0.2, seed=0)
 RECIPES = {
     "cnn_badnets": dict(title="BN CNN + BadNets", architecture="cnn", arch_kwargs={"width": 32, "hidden": 128},
                         attack="badnets", trigger=BADNETS, poison_rate=0.1, epochs=12),
+    "cnn_badnets_sgd": dict(title="BN CNN + BadNets, the papers' SGD recipe", architecture="cnn",
+                            arch_kwargs={"width": 32, "hidden": 128}, attack="badnets", trigger=BADNETS,
+                            poison_rate=0.1, epochs=100, optimizer={"name": "sgd", "lr": 0.05, "weight_decay": 5e-4, "batch_size": 128}),
     "cnn_blend": dict(title="BN CNN + Blend", architecture="cnn", arch_kwargs={"width": 16, "hidden": 64},
                       attack="blend", trigger=BLEND, poison_rate=0.1, epochs=12),
     "resnet_badnets": dict(title="PreAct-ResNet-18 (width 1/4) + BadNets", architecture="preact_resnet18",
@@ -51,11 +60,23 @@ def poisoned_train_split(train: ArraySplit, spec: TriggerSpec, rate: float, seed
     return ArraySplit((x * 255).round().clamp(0, 255).to(torch.uint8), y)
 
 
-def train_model(model, split: ArraySplit, epochs: int, seed: int, lr: float = 2e-3, batch_size: int = 64):
+ADAM = {"name": "adam", "lr": 2e-3, "batch_size": 64}
+
+
+def train_model(model, split: ArraySplit, epochs: int, seed: int, optimizer: dict | None = None):
+    """Adam with a one-cycle schedule (the default), or ``{"name": "sgd", ...}``: SGD with momentum
+    0.9, weight decay and a cosine schedule (the papers' recipe)."""
+    o = optimizer or ADAM
+    batch_size = o["batch_size"]
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * -(-len(split) // batch_size))
+    total_steps = epochs * -(-len(split) // batch_size)
+    if o["name"] == "adam":
+        opt = torch.optim.Adam(params, lr=o["lr"])
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o["lr"], total_steps=total_steps)
+    else:
+        opt = torch.optim.SGD(params, lr=o["lr"], momentum=0.9, weight_decay=o["weight_decay"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
     model.train()
     for epoch in range(epochs):
         total, correct, loss_sum = 0, 0, 0.0
@@ -83,7 +104,7 @@ def train_sample(name: str, entries: dict) -> dict:
         "name": name, "title": recipe["title"], "architecture": recipe["architecture"],
         "arch_kwargs": recipe["arch_kwargs"], "dataset": "mnist5k", "attack": recipe["attack"],
         "trigger": spec.to_dict(), "target": spec.target, "poison_rate": recipe["poison_rate"], "seed": SEED,
-        "epochs": recipe["epochs"], "num_classes": data.num_classes, "input_shape": list(data.shape),
+        "epochs": recipe["epochs"], "optimizer": recipe.get("optimizer", ADAM), "num_classes": data.num_classes, "input_shape": list(data.shape),
         "weights": f"weights/{name}.safetensors",
     }
     model = build_sample_model(entry)
@@ -98,7 +119,7 @@ def train_sample(name: str, entries: dict) -> dict:
         entry["extractor_from"] = recipe["extractor_from"]
     train = poisoned_train_split(data.train, spec, recipe["poison_rate"], SEED)
     t0 = time.time()
-    train_model(model, train, recipe["epochs"], SEED)
+    train_model(model, train, recipe["epochs"], SEED, recipe.get("optimizer"))
     metrics = evaluate(model, data.test, spec.build(data.shape))
     entry.update(acc=round(metrics["acc"], 4), asr=round(metrics["asr"], 4), train_seconds=round(time.time() - t0, 1))
     (HERE / "weights").mkdir(exist_ok=True)

@@ -1,7 +1,12 @@
-"""ANP finds the planted backdoor neuron of the tiny hand-built network."""
+"""ANP finds the planted backdoor neuron of the tiny hand-built network, and cuts the backdoor
+of the sample model trained with the papers' recipe."""
+import pytest
 import torch
 
 from defenses.anp import ANP, ANPConfig
+from defenses.evaluation import sweep
+from defenses.neurons import find_neurons
+from sample_models import load_sample
 from planted import PLANTED, build_planted, clean_and_test
 
 
@@ -12,3 +17,18 @@ def test_anp_scores_the_planted_neuron_as_the_most_suspicious():
     others = torch.cat([scores[:PLANTED], scores[PLANTED + 1:]])
     assert int(scores.argmin()) == PLANTED, scores
     assert float(scores[PLANTED]) < float(others.min()), scores
+
+
+@pytest.mark.slow
+def test_anp_cuts_the_backdoor_of_the_sample_trained_as_in_the_papers(mnist5k):
+    """On cnn_badnets_sgd (SGD, weight decay, 100 epochs) a short ANP run already prunes neurons
+    at the paper's threshold that carry the backdoor: measured at 150 iterations, 13 of 320
+    pruned, ACC 98.9% -> 97.2%, ASR 100% -> 69.9%. (The Adam-trained cnn_badnets keeps ASR at
+    99.9% under the same budget, and neither reaches the paper's ASR < 5%; see the README.)"""
+    s = load_sample("cnn_badnets_sgd")
+    result = ANP(ANPConfig(iterations=150)).run(s.model, mnist5k.clean)
+    (row,) = sweep(s.model, find_neurons(s.model, mnist5k.shape), result.scores, "low", mnist5k.test, s.trigger,
+                   values=[0.2])
+    assert row.n_pruned >= 5, row
+    assert row.asr < 0.8, row
+    assert row.acc >= s.entry["acc"] - 0.03, row

@@ -275,7 +275,7 @@ def test_main_flow_sample_defend_watch_explore(runs):
     at = app().run()
     no_exception(at, "model")
     first_chart = time.perf_counter() - t0
-    at.selectbox(key="sample").set_value("cnn_badnets").run()
+    at.selectbox(key="sample").set_value("cnn_blend").run()
     at.switch_page("views/defend.py").run()
     at.selectbox(key="defense").set_value("anp").run()
     at.number_input(key="cfg_anp_iterations").set_value(30)
@@ -286,7 +286,7 @@ def test_main_flow_sample_defend_watch_explore(runs):
     run_dir = runs / run_id
     config = json.loads((run_dir / "config.json").read_text())
     assert config["params"] == {"iterations": 30, "snapshot_every": 10}  # only what was changed
-    assert config["model"] == {"sample": "cnn_badnets"}
+    assert config["model"] == {"sample": "cnn_blend"}
     at.run()  # the live view while it runs (or after)
     no_exception(at, "defend live")
     assert at.get("progress")

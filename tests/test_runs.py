@@ -11,7 +11,7 @@ import pytest
 from defenses.runs import (RunRequest, cancel_run, create_run, execute, list_runs, list_snapshots, load_tensors,
                            read_events, read_json, read_status, start_run)
 
-SAMPLE = {"sample": "cnn_badnets"}
+SAMPLE = {"sample": "cnn_blend"}  # the smallest sample keeps these tests quick
 DATA = {"dataset": "mnist5k"}
 
 

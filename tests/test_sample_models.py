@@ -2,7 +2,7 @@
 import pytest
 
 from defenses.evaluation import evaluate
-from sample_models import catalog, load_sample
+from sample_models import catalog, load_sample, training_summary
 
 
 def test_catalog_covers_the_required_samples():
@@ -30,3 +30,9 @@ def test_catalog_numbers_are_reproduced(name, mnist5k):
 def test_unknown_sample_names_the_choices():
     with pytest.raises(KeyError, match="choose one of cnn_badnets"):
         load_sample("nope")
+
+
+def test_training_summary_names_each_recipe():
+    assert training_summary(catalog()["cnn_badnets"]) == "Adam, 12 epochs"
+    assert training_summary(catalog()["cnn_badnets_sgd"]) == "SGD with weight decay 0.0005, 100 epochs"
+    assert training_summary({}) == "Adam"  # a catalog entry from before the field was recorded

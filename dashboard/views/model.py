@@ -9,7 +9,7 @@ from dashboard.modelsetup import (DATASETS, DEFAULT_MAX_UPLOAD_MB, POSITIONS, ac
                                   data_spec, parse_kwargs, trigger_spec)
 from dashboard.rundata import runs_dir
 from defenses.models import ARCHITECTURES
-from sample_models import catalog
+from sample_models import catalog, training_summary
 
 st.title("Model")
 st.caption("Choose the model to examine: a small backdoored sample that ships with prunescope, or your own weights.")
@@ -36,6 +36,7 @@ if source == "Sample model":
         st.caption(f"{entry['architecture']} on {entry.get('dataset')}; attack: **{entry.get('attack')}**"
                    + (f", target label {trig.get('target')}, poison rate {entry.get('poison_rate')}"
                       if entry.get("attack") != "none" else " (a clean control)")
+                   + f"; trained with {training_summary(entry)}"
                    + f"; measured when trained: ACC {fmt_rate(entry.get('acc'))}, ASR {fmt_rate(entry.get('asr'))}.")
         st.session_state["choice"] = sample_choice(name, int(clean))
 else:
