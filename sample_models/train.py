@@ -11,8 +11,9 @@ an MLP head on poisoned data (the Hölder-pruning threat model).
 Most samples train briefly with Adam (a one-cycle schedule, 12 epochs), which is quick. The
 papers train their backdoored models with SGD, momentum 0.9, weight decay 5e-4 and a cosine
 schedule for many epochs; ``cnn_badnets_sgd`` is ``cnn_badnets`` trained that way. The recipe
-changes what the pruning defenses find: on the Adam-trained model ANP's masks (2000 iterations)
-leave ASR at 99.9%, on the SGD-trained one they cut it to about 26%.
+changes what the pruning defenses find: after 500 ANP iterations, pruning at the paper's 0.2
+leaves the Adam-trained model's ASR at 99.9% (4 neurons) and cuts the SGD-trained one's to 50%
+(21 neurons, ACC 97.3%).
 """
 from __future__ import annotations
 

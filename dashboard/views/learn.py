@@ -25,7 +25,9 @@ with tabs[0]:
                 "The Model page's **neuron-noise check** draws the paper's first plot for your model: the error "
                 "rate under this noise as $\\epsilon$ grows, and how many of the errors go to one label. "
                 "Errors piling onto one label are ANP's premise; they do not promise that few neurons carry "
-                "the backdoor.")
+                "the backdoor. How the model was trained matters: compare the two BadNets CNN samples, the same "
+                "network trained with Adam (`cnn_badnets`) and with the papers' SGD recipe (`cnn_badnets_sgd`). "
+                "ANP's masks single out far more of the second one's backdoor neurons.")
 with tabs[1]:
     st.markdown("**Reconstructive Neuron Pruning** (Li et al., ICML 2023): *unlearn, then recover*.")
     st.latex(r"\text{1. unlearn: } \max_\theta \mathcal{L}_{CE}(f_\theta; D_{clean}) \text{ until train acc} \le 0.2")
