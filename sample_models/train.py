@@ -40,7 +40,8 @@ RECIPES = {
                         attack="badnets", trigger=BADNETS, poison_rate=0.1, epochs=12),
     "cnn_badnets_sgd": dict(title="BN CNN + BadNets, the papers' SGD recipe", architecture="cnn",
                             arch_kwargs={"width": 32, "hidden": 128}, attack="badnets", trigger=BADNETS,
-                            poison_rate=0.1, epochs=100, optimizer={"name": "sgd", "lr": 0.05, "weight_decay": 5e-4, "batch_size": 128}),
+                            poison_rate=0.1, epochs=100,
+                            optimizer={"name": "sgd", "lr": 0.05, "weight_decay": 5e-4, "batch_size": 128}),
     "cnn_blend": dict(title="BN CNN + Blend", architecture="cnn", arch_kwargs={"width": 16, "hidden": 64},
                       attack="blend", trigger=BLEND, poison_rate=0.1, epochs=12),
     "resnet_badnets": dict(title="PreAct-ResNet-18 (width 1/4) + BadNets", architecture="preact_resnet18",
@@ -105,7 +106,8 @@ def train_sample(name: str, entries: dict) -> dict:
         "name": name, "title": recipe["title"], "architecture": recipe["architecture"],
         "arch_kwargs": recipe["arch_kwargs"], "dataset": "mnist5k", "attack": recipe["attack"],
         "trigger": spec.to_dict(), "target": spec.target, "poison_rate": recipe["poison_rate"], "seed": SEED,
-        "epochs": recipe["epochs"], "optimizer": recipe.get("optimizer", ADAM), "num_classes": data.num_classes, "input_shape": list(data.shape),
+        "epochs": recipe["epochs"], "optimizer": recipe.get("optimizer", ADAM), "num_classes": data.num_classes,
+        "input_shape": list(data.shape),
         "weights": f"weights/{name}.safetensors",
     }
     model = build_sample_model(entry)
