@@ -9,7 +9,7 @@ import time
 import pytest
 
 from defenses.runs import (RunRequest, cancel_run, create_run, execute, list_runs, list_snapshots, load_tensors,
-                           read_events, read_json, read_status, start_run)
+                           fair_threads, read_events, read_json, read_status, start_run, write_json)
 
 SAMPLE = {"sample": "cnn_blend"}  # the smallest sample keeps these tests quick
 DATA = {"dataset": "mnist5k"}
@@ -100,6 +100,8 @@ def test_two_runs_at_once_stay_isolated(tmp_path):
     assert wait_for(b, ("done", "failed"))["state"] == "done"
     assert read_json(a / "config.json")["defense"] == "anp" and read_json(b / "config.json")["defense"] == "rnp"
     assert (b / "unlearned.safetensors").exists() and not (a / "unlearned.safetensors").exists()
+    share = max(1, (os.cpu_count() or 1) // 2)  # each worker saw the other live and took half the cores
+    assert read_json(a / "status.json")["threads"] <= share and read_json(b / "status.json")["threads"] <= share
     # a server restart is a fresh process listing the folder: every run is found
     out = subprocess.run([sys.executable, "-c", "from defenses.runs import list_runs; import sys;"
                           f"print(len(list_runs({str(tmp_path)!r})))"], capture_output=True, text=True, check=True)
@@ -131,3 +133,20 @@ def test_bad_recovery_settings_are_refused_before_a_folder_exists(tmp_path, sett
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
         create_run(RunRequest(defense="clp", params={}, model=SAMPLE, data=DATA, **settings), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_live_runs_share_the_cores(tmp_path):
+    me = tmp_path / "me"
+    me.mkdir()
+    write_json(me / "status.json", {"state": "queued"})
+    assert fair_threads(me, cores=8) == 8  # alone: every core
+    live = os.getpid()  # this test's own process stands in for a live worker
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for name, state, pid in [("a", "running", live), ("b", "queued", live), ("c", "done", live),
+                             ("d", "failed", live), ("e", "queued", None), ("f", "running", int(ended.stdout))]:
+        (tmp_path / name).mkdir()
+        write_json(tmp_path / name / "status.json", {"state": state, "pid": pid})
+    # only a and b have a live worker: not a finished run, a run never started, or a dead worker
+    assert fair_threads(me, cores=8) == 8 // 3
+    assert fair_threads(me, cores=2) == 1
+    assert read_status(tmp_path / "f")["state"] == "failed"
