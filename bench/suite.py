@@ -290,6 +290,7 @@ def oracle_rows(case: Case, quick: bool, device: torch.device) -> list:
     before = evaluate(model, case.data.test, case.trigger, device=device)
     if before["asr"] < 0.05:
         return []  # nothing to remove (the clean control)
+    from defenses.anp import restrict
     from defenses.holder import head_layers
 
     out = []
@@ -301,8 +302,7 @@ def oracle_rows(case: Case, quick: bool, device: torch.device) -> list:
         scores = oracle_scores(model, case.data.clean, case.trigger, iterations=10 if quick else 400, layers=layers,
                                device=device)
         rows = oracle_sweep(model, nmap, scores, case.data.test, case.trigger, device=device)
-        total = sum(l.size for l in nmap.layers if layers is None or l.name in layers)
-        out.append([label, total, before, smallest_cut(rows), max(r.n_pruned for r in rows)])
+        out.append([label, restrict(nmap, layers).total, before, smallest_cut(rows), max(r.n_pruned for r in rows)])
     return out
 
 

@@ -384,12 +384,9 @@ def fair_threads(run_dir: str | Path, cores: int | None = None) -> int:
     RNP run together on 2 cores)."""
     run_dir = Path(run_dir)
     cores = cores or os.cpu_count() or 1
-    others = 0
-    for d in run_dir.parent.iterdir():
-        if d != run_dir and (d / "status.json").exists():
-            status = read_status(d)  # a dead worker's run reads as failed
-            if status.get("pid") and status.get("state") in ("queued", "running"):
-                others += 1
+    # list_runs reads each status through read_status, so a dead worker's run counts as failed
+    others = sum(1 for r in list_runs(run_dir.parent) if r["path"] != run_dir and r["status"].get("pid")
+                 and r["status"].get("state") in ("queued", "running"))
     return max(1, cores // (1 + others))
 
 

@@ -145,6 +145,7 @@ def test_live_runs_share_the_cores(tmp_path):
     for name, state, pid in [("a", "running", live), ("b", "queued", live), ("c", "done", live),
                              ("d", "failed", live), ("e", "queued", None), ("f", "running", int(ended.stdout))]:
         (tmp_path / name).mkdir()
+        write_json(tmp_path / name / "config.json", {"defense": "anp"})
         write_json(tmp_path / name / "status.json", {"state": state, "pid": pid})
     # only a and b have a live worker: not a finished run, a run never started, or a dead worker
     assert fair_threads(me, cores=8) == 8 // 3
