@@ -329,11 +329,15 @@ class RunFolderCallback(NullCallback):
     """Writes progress into the run folder: throttled step events and status, every snapshot,
     and at each snapshot a probe of the pruned model's ACC/ASR on a slice of the test split."""
 
-    def __init__(self, run_dir: Path, stage_offset: int = 0, probe=None, every: float = 0.5):
+    def __init__(self, run_dir: Path, stage_offset: int = 0, probe=None, every: float = 0.5, share=None,
+                 share_every: float = 2.0):
         self.run_dir = Path(run_dir)
         self.every = every
         self.probe = probe
+        self.share = share  # () -> this worker's fair number of threads now; None: keep what it has
+        self.share_every = share_every
         self._last = 0.0
+        self._last_share = time.monotonic()
         self._events = open(self.run_dir / "events.jsonl", "a")
 
     def emit(self, **event):
@@ -349,8 +353,19 @@ class RunFolderCallback(NullCallback):
         now = time.monotonic()
         if step >= total or now - self._last >= self.every:
             self._last = now
+            if self.share is not None and now - self._last_share >= self.share_every:
+                self._last_share = now
+                self._rebalance()
             self.emit(type="step", stage=stage, step=step, total=total, metrics=metrics)
             self._progress(stage, step, total)
+
+    def _rebalance(self):
+        """Runs start and end while this one works: take the share of the cores it has now, so a
+        run started alone gives a core back when a second one starts, and takes it back after."""
+        threads = self.share()
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+            self.emit(type="threads", threads=threads)
 
     def snapshot(self, scores, step):
         save_tensors(self.run_dir / "snapshots" / f"{step:07d}.safetensors", scores)
@@ -364,6 +379,7 @@ class RunFolderCallback(NullCallback):
     def _progress(self, stage, step, total):
         status = read_json(self.run_dir / "status.json", {})
         status["progress"] = {"stage": stage, "step": step, "total": total}
+        status["threads"] = torch.get_num_threads()
         write_json(self.run_dir / "status.json", status)
 
     def close(self):
@@ -381,7 +397,7 @@ def fair_threads(run_dir: str | Path, cores: int | None = None) -> int:
     """CPU threads for this run's worker: the cores shared evenly with the other live runs in the
     same folder. Two workers with a thread per core each fight over the cores, and both ran more
     than twice as slowly as with one thread each (measured: 47 s against 21 s for an ANP and an
-    RNP run together on 2 cores)."""
+    RNP run together on 2 cores). A worker asks again every few seconds (RunFolderCallback)."""
     run_dir = Path(run_dir)
     cores = cores or os.cpu_count() or 1
     # list_runs reads each status through read_status, so a dead worker's run counts as failed
@@ -396,7 +412,12 @@ def execute(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     cfg = read_json(run_dir / "config.json")
     status = read_json(run_dir / "status.json", {})
-    threads = min(torch.get_num_threads(), fair_threads(run_dir))  # never more than the user allowed
+    allowed = torch.get_num_threads()  # never more than the user allowed
+
+    def share() -> int:
+        return min(allowed, fair_threads(run_dir))
+
+    threads = share()
     torch.set_num_threads(threads)
     status.update(state="running", pid=os.getpid(), started=time.time(), threads=threads)
     write_json(run_dir / "status.json", status)
@@ -407,7 +428,7 @@ def execute(run_dir: str | Path) -> str:
     signal.signal(signal.SIGTERM, on_term)
     cb = None
     try:
-        cb = RunFolderCallback(run_dir)
+        cb = RunFolderCallback(run_dir, share=share)
         state = _execute(run_dir, cfg, cb)
         final = {"state": state}
     except Cancelled:
