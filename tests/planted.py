@@ -81,3 +81,82 @@ def build_planted(seed: int = 0, steps: int = 400) -> TinyNet:
 
 def clean_and_test(seed: int = 0):
     return as_split(*make_images(500, seed + 2)), as_split(*make_images(1000, seed + 3))
+
+
+# ---------------------------------------------------------------- a BatchNorm variant, for RNP
+#
+# RNP needs what the 2-class net above lacks. Its unlearning stops at training accuracy 0.20,
+# which a 2-class task never reaches by chance; so 10 classes. Gradient ascent on the no-BN net
+# collapsed it to one constant prediction and took the backdoor along (ASR 0 in 3 of 5 seeds);
+# BatchNorm keeps every unit firing on about half of each batch, and RNP's masks scale the BN
+# gamma as in the paper's networks. The task is noisy (ACC about 80%), so gradient ascent leaves
+# the confident regime within RNP's 20-epoch budget.
+
+BN_SIDE = 6  # images are 1 x 6 x 6; the last pixel is the trigger pixel
+BN_HIDDEN = 24
+BN_CLASSES = 10
+BN_PLANTED = BN_HIDDEN - 1
+
+
+class TinyBNNet(nn.Module):
+    def __init__(self, hidden=BN_HIDDEN):
+        super().__init__()
+        self.flat = nn.Flatten()
+        self.fc1 = nn.Linear(BN_SIDE * BN_SIDE, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, BN_CLASSES)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.bn(self.fc1(self.flat(x)))))
+
+
+def prototype_images(n: int, seed: int, prototypes: torch.Tensor, noise: float = 0.6) -> ArraySplit:
+    """Balanced labels; each image is its class's prototype plus Gaussian noise, clipped to
+    [0, 1], with the trigger pixel in [0, 0.2]."""
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.arange(n) % BN_CLASSES)[torch.randperm(n, generator=g)]
+    x = (prototypes[y] + noise * torch.randn(n, BN_SIDE * BN_SIDE, generator=g)).clamp(0, 1)
+    x[:, -1] = torch.rand(n, generator=g) * 0.2
+    return as_split(x.view(n, 1, BN_SIDE, BN_SIDE), y)
+
+
+def stamp_bn(x: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    x[:, 0, -1, -1] = 1.0
+    return x
+
+
+def build_planted_bn(seed: int = 0, steps: int = 300) -> tuple[TinyBNNet, ArraySplit, ArraySplit]:
+    """(model, clean set of 2,000 images, test split of 2,000). The planted BN channel reads only
+    the trigger pixel (weight 10, bias -1; gamma 1, beta 0, never trained) and votes +1 for
+    target 0. Its running statistics come from clean images, so a trigger drives it to about 15
+    standard deviations. The clean neurons never read the trigger pixel."""
+    prototypes = torch.rand(BN_CLASSES, BN_SIDE * BN_SIDE, generator=torch.Generator().manual_seed(1000 + seed))
+    torch.manual_seed(seed)
+    model = TinyBNNet()
+    with torch.no_grad():
+        model.fc1.weight[:, -1] = 0
+        model.fc1.weight[BN_PLANTED] = 0
+        model.fc1.weight[BN_PLANTED, -1] = 10.0
+        model.fc1.bias[BN_PLANTED] = -1.0
+        model.fc2.weight[:, BN_PLANTED] = 0
+        model.fc2.weight[0, BN_PLANTED] = 1.0
+    train = prototype_images(4000, seed + 1, prototypes)
+    x, y = train.images(), train.y
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (128,), generator=g)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        model.fc1.weight.grad[BN_PLANTED] = 0
+        model.fc1.weight.grad[:, -1] = 0
+        model.fc1.bias.grad[BN_PLANTED] = 0
+        model.bn.weight.grad[BN_PLANTED] = 0
+        model.bn.bias.grad[BN_PLANTED] = 0
+        model.fc2.weight.grad[:, BN_PLANTED] = 0
+        opt.step()
+    return model.eval(), prototype_images(2000, seed + 2, prototypes), prototype_images(2000, seed + 3, prototypes)
