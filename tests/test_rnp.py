@@ -34,7 +34,7 @@ def test_rnp_masks_the_planted_bn_neuron_lowest_and_its_cut_removes_the_backdoor
     """At the paper's defaults. Measured over seeds 0-7: the planted mask ends at 0 in all 8 and
     no neuron scores lower; pruning at RNP's 0.2 brings ASR from 96-100% to 0.8-6.8%. But in 5 of
     the 8 seeds (1 of these 3) 5-8 clean masks end at 0 as well, a tie for the most suspicious,
-    and ACC falls 12-24 points at the cut (3-7 points in the other 3)."""
+    and ACC falls 12-24 points at the cut (2-4 points in the other 3)."""
     from defenses.neurons import find_neurons, prune, selection_by_threshold
     from planted import BN_PLANTED, build_planted_bn, stamp_bn
 
