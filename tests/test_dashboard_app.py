@@ -179,6 +179,19 @@ def test_every_page_renders_with_finished_runs(runs):
     no_exception(at, "triggers IG")
 
 
+def test_compare_opens_on_the_model_with_the_most_finished_runs(runs):
+    make_run(runs, "20260101-000000-anp-cnn_badnets-aaaa")
+    make_run(runs, "20260101-000001-holder-cnn_badnets-bbbb", defense="holder", suspicious="high", triggers=False)
+    newest = make_run(runs, "20260101-000002-anp-cnn_blend-cccc")  # newer, but alone on its model
+    cfg = json.loads((newest / "config.json").read_text())
+    cfg["model"] = {"sample": "cnn_blend"}
+    (newest / "config.json").write_text(json.dumps(cfg))
+    at = app().run()
+    at.switch_page("views/compare.py").run()
+    assert at.selectbox(key="compare_model").value == "cnn_badnets"
+    assert len(at.dataframe[0].value) == 2
+
+
 # ---------------------------------------------------------------- the threshold path
 
 

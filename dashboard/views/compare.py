@@ -14,7 +14,9 @@ if not runs:
 groups: dict[str, list[dict]] = {}
 for r in runs:
     groups.setdefault(rundata.model_label(r["config"]), []).append(r)
-models = list(groups)
+# The model with the most finished runs first (a stable sort keeps the newest first among equals):
+# comparing needs at least two.
+models = sorted(groups, key=lambda m: -len(groups[m]))
 model = st.selectbox("Model", models, key="compare_model",
                      format_func=lambda m: f"{m} ({len(groups[m])} finished run{'s' * (len(groups[m]) > 1)})")
 ids = [r["run_id"] for r in groups[model]]
