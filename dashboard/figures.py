@@ -201,7 +201,11 @@ def sweep_figure(rows: Sequence[Mapping], selected: float | None = None, x_title
                                  name="neurons pruned", line=dict(color="#999", width=1)), secondary_y=True)
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text="rate", range=[-0.02, 1.02], secondary_y=False)
-    fig.update_yaxes(title_text="neurons pruned", secondary_y=True, showgrid=False)
+    # The count axis spans 0..max with the rate axis's padding, so "0 pruned" sits on "rate 0";
+    # left to itself it drew ticks such as -6.7 and 202.7.
+    top = max([r["n_pruned"] for r in rows] + [1])
+    fig.update_yaxes(title_text="neurons pruned", secondary_y=True, showgrid=False, range=[-0.02 * top, 1.02 * top],
+                     tickmode="auto", tickformat="d", rangemode="normal")
     if selected is not None:
         _vline(fig, selected, f"{selected:g}")
     return fig

@@ -124,6 +124,11 @@ def test_sweep_figure_traces_axes_and_selected_line():
     assert [s.x0 for s in vlines(fig)] == [0.4]
     assert fig.layout.xaxis.title.text == "mask threshold"
     assert fig.layout.yaxis2.title.text == "neurons pruned"
+    # "0 pruned" sits on "rate 0" and the most pruned on "rate 1": the two axes share their padding
+    (lo, hi), (lo2, hi2) = fig.layout.yaxis.range, fig.layout.yaxis2.range
+    top = max(r["n_pruned"] for r in ROWS)
+    assert (0 - lo) / (hi - lo) == pytest.approx((0 - lo2) / (hi2 - lo2))
+    assert (1 - lo) / (hi - lo) == pytest.approx((top - lo2) / (hi2 - lo2))
 
 
 def test_sweep_figure_without_trigger_has_no_asr():
