@@ -1,70 +1,16 @@
-"""How prunable is a model's backdoor at all? A trigger-aware mask oracle, as a reference row.
-
-A defense never knows the trigger; this oracle does. It learns one mask per neuron (a sigmoid of a
-logit, on the frozen model in eval mode, so exactly what pruning by the gamma rule removes) that
-keeps the true label both on clean images and on the same images with the trigger, with an L1
-penalty on 1 - mask so that as few neurons as possible are switched off. The neurons with the
-lowest masks are the ones the trigger needs and the clean task can spare. Pruning them by count
-gives the best ACC/ASR trade-off a pruning defense could hope for on this model; if even the
-oracle needs many neurons, no pruning defense can meet "ASR < 5% with ACC within 3 points" there.
-Benchmarks only: it needs the trigger.
+"""The trigger-aware pruning oracle (defenses/oracle.py) on one shipped sample, from the shell.
 
     python -m bench.oracle resnet_badnets [--head-only] [--iterations 400]
 
-prints the oracle's sweep by count on one shipped sample (about 4 minutes on a 2-core CPU).
+prints the oracle's sweep by count (about 4 minutes on a 2-core CPU).
 """
 from __future__ import annotations
 
 import argparse
 
-import torch
-import torch.nn.functional as F
-
-from defenses.anp import restrict
-from defenses.data import ArraySplit
-from defenses.evaluation import SweepRow, sweep
-from defenses.neurons import NeuronMap, find_neurons, masked_forward, working_copy
-from defenses.triggers import Trigger
-
-COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
-
-
-def oracle_scores(model, clean: ArraySplit, trigger: Trigger, *, l1: float = 0.01, iterations: int = 400,
-                  batch_size: int = 128, lr: float = 0.05, seed: int = 0, layers=None,
-                  device=None) -> dict[str, torch.Tensor]:
-    """Mask per neuron in (0, 1); low = the trigger relies on it and the clean task does not.
-    ``layers`` restricts the oracle to some neuron layers (an MLP head, to compare with Hölder)."""
-    device = torch.device(device or "cpu")
-    net = working_copy(model, device).eval()
-    nmap = restrict(find_neurons(net, tuple(clean.x.shape[1:]), device), layers)
-    # Start at mask 0.95: on, but with a sigmoid gradient large enough to move.
-    logits = {l.name: torch.full((l.size,), 3.0, device=device, requires_grad=True) for l in nmap.layers}
-    opt = torch.optim.Adam(list(logits.values()), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(iterations):
-        x, y = clean.sample(batch_size, gen)
-        x, y = x.to(device), y.to(device)
-        masks = {k: torch.sigmoid(v) for k, v in logits.items()}
-        keep_clean = F.cross_entropy(masked_forward(net, x, nmap, masks), y)
-        undo_trigger = F.cross_entropy(masked_forward(net, trigger.apply(x), nmap, masks), y)
-        off = sum((1 - m).sum() for m in masks.values())
-        loss = keep_clean + undo_trigger + l1 * off
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return {k: torch.sigmoid(v).detach().cpu() for k, v in logits.items()}
-
-
-def smallest_cut(rows: list[SweepRow], asr_goal: float = 0.05) -> SweepRow | None:
-    """The first row (fewest neurons) whose ASR is below the goal, or None."""
-    return next((r for r in sorted(rows, key=lambda r: r.n_pruned) if r.asr < asr_goal), None)
-
-
-def oracle_sweep(model, nmap: NeuronMap, scores, test: ArraySplit, trigger: Trigger, counts=COUNTS,
-                 device=None) -> list[SweepRow]:
-    total = sum(l.size for l in nmap.layers)
-    return sweep(model, nmap, scores, "low", test, trigger, by="count", values=[c for c in counts if c <= total],
-                 device=device)
+from defenses.evaluation import SweepRow
+from defenses.neurons import find_neurons
+from defenses.oracle import oracle_scores, oracle_sweep, smallest_cut
 
 
 def main(argv=None) -> list[SweepRow]:

@@ -16,7 +16,7 @@ number of neurons pruned. Speed, as ratios measured in this one run on this one 
   sweep reuses the evaluation of any point whose pruned set equals the previous one's).
 
 Two reference tables follow: ANP's premise per model (where the errors go under neuron noise) and
-a trigger-aware oracle (bench/oracle.py): the fewest neurons whose pruning brings ASR under 5%,
+a trigger-aware oracle (defenses/oracle.py): the fewest neurons whose pruning brings ASR under 5%,
 which bounds what any pruning defense could do on that model.
 
 A CIFAR-10 case is added when ``../shared/data/cifar10_subset.npz`` (or ``--cifar PATH``) exists: a
@@ -281,7 +281,7 @@ def noise_rows(case: Case, quick: bool, device: torch.device) -> list:
 
 def oracle_rows(case: Case, quick: bool, device: torch.device) -> list:
     """The fewest neurons a trigger-aware oracle prunes to bring ASR under 5%, as a yardstick."""
-    from .oracle import oracle_scores, oracle_sweep, smallest_cut
+    from defenses.oracle import oracle_scores, oracle_sweep, smallest_cut
 
     if case.trigger is None or case.data.test.y.ne(case.trigger.target).sum() == 0:
         return []
@@ -411,7 +411,7 @@ def main(argv=None) -> str:
               "trigger (the top label at every eps, at least 2.5 times the even share).", "", *noise_table(noise), ""]
     oracle = [row for case in cases for row in oracle_rows(case, args.quick, devices[0])]
     lines += ["## How prunable is each backdoor? A trigger-aware oracle (test split)", "",
-              "The oracle knows the trigger, which no defense does (bench/oracle.py): it learns the masks that keep "
+              "The oracle knows the trigger, which no defense does (defenses/oracle.py): it learns the masks that keep "
               "the true label on clean and on triggered images with an L1 penalty on every neuron switched off, "
               "then prunes the lowest by count. Where it needs many neurons or many ACC points, no pruning defense "
               "can do better.",

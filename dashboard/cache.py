@@ -87,13 +87,15 @@ def neuron_noise(choice_key: str, images: int = 512) -> dict:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _finished(path: str, sweep_mtime: float, triggers_mtime: float) -> rundata.FinishedRun:
+def _finished(path: str, sweep_mtime: float, triggers_mtime: float, oracle_mtime: float) -> rundata.FinishedRun:
     return rundata.load_finished(Path(path))
 
 
 def finished_run(run_id: str) -> rundata.FinishedRun:
+    # Trigger recovery and the oracle write their files after the sweep: their times are in the key.
     path = rundata.run_path(run_id)
-    return _finished(str(path), _mtime(path / "sweep.json"), _mtime(path / "triggers" / "recovery.json"))
+    return _finished(str(path), _mtime(path / "sweep.json"), _mtime(path / "triggers" / "recovery.json"),
+                     _mtime(path / "oracle.json"))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

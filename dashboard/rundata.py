@@ -121,6 +121,7 @@ class FinishedRun:
     sweep: dict  # {"threshold": [rows], "count": [rows]}
     scores: dict[str, np.ndarray]  # in the order of result["layers"]
     recovery: dict | None  # triggers/recovery.json, when trigger recovery ran
+    oracle: dict | None = None  # oracle.json, when the trigger-aware oracle ran
 
     @property
     def suspicious(self) -> str:
@@ -158,7 +159,7 @@ def load_finished(run_dir: Path) -> FinishedRun:
             if r.get("asr") is None:
                 r["asr"] = float("nan")
     return FinishedRun(run_dir.name, run_dir, read_json(run_dir / "config.json", {}), read_status(run_dir), result,
-                       sweep, scores, recovery)
+                       sweep, scores, recovery, read_json(run_dir / "oracle.json"))
 
 
 def sweep_units(scores: dict[str, np.ndarray], suspicious: str) -> dict[str, np.ndarray]:

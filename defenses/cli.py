@@ -69,7 +69,8 @@ def build_request(args) -> RunRequest:
     trigger = _json_arg("--trigger", args.trigger)
     return RunRequest(defense=info.name, params=params, model=model, data=data, trigger=trigger, device=args.device,
                       recover_triggers=not args.no_trigger_recovery, recover_on=args.recover_on,
-                      recovery_params=_parse_sets(args.recovery_set, "--recovery-set"))
+                      recovery_params=_parse_sets(args.recovery_set, "--recovery-set"), oracle=args.oracle,
+                      oracle_iterations=args.oracle_iterations)
 
 
 def follow(run_dir: Path, stream=None) -> str:
@@ -135,6 +136,11 @@ def cmd_run(args) -> int:
     b, d = res["baseline"], res["default"]
     print(f"before: ACC {b['acc']:.4f} ASR {_fmt(b['asr'])}")
     print(f"after pruning {d['n_pruned']} neurons at the default cut: ACC {d['acc']:.4f} ASR {_fmt(d['asr'])}")
+    oracle = read_json(run_dir / "oracle.json")
+    if oracle is not None:
+        cut = oracle["smallest_cut"]
+        print("oracle (knows the trigger): " + (f"ASR < 5% after pruning {cut['n_pruned']} neurons, ACC {cut['acc']:.4f}"
+                                               if cut else "no count in the sweep brings ASR under 5%"))
     print(run_dir)
     return 0
 
@@ -205,6 +211,10 @@ def make_parser() -> argparse.ArgumentParser:
                         "model (any defense)")
     r.add_argument("--recovery-set", action="append", metavar="NAME=VALUE",
                    help="a trigger-recovery setting, e.g. steps=100 (repeatable)")
+    r.add_argument("--oracle", action="store_true",
+                   help="then the trigger-aware oracle's sweep by count, a yardstick of how prunable the backdoor "
+                        "is (needs the trigger; not a defense)")
+    r.add_argument("--oracle-iterations", type=int, default=400)
     r.add_argument("--detach", action="store_true", help="start the run and return at once")
     r.set_defaults(func=cmd_run)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .base import NullCallback, config_from_dict, get_defense
+from .base import NullCallback, check_range, config_from_dict, get_defense
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
@@ -100,6 +100,8 @@ class RunRequest:
     recover_triggers: bool = True  # Neural Cleanse after the defense, on the model recover_on names
     recover_on: str = "unlearned"  # "unlearned": RNP's unlearned model (RNP runs only); "original": any run
     recovery_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # TriggerRecoveryConfig settings
+    oracle: bool = False  # then the trigger-aware oracle's sweep by count, a yardstick (needs the trigger)
+    oracle_iterations: int = 400
     label: str = ""
 
     def to_dict(self):
@@ -126,6 +128,7 @@ def check_recovery(request: RunRequest) -> None:
         raise ConfigError(f"Trigger recovery runs on the 'unlearned' or the 'original' model, "
                           f"not {request.recover_on!r}.")
     config_from_dict(TriggerRecoveryConfig, request.recovery_params or {})
+    check_range("oracle_iterations", request.oracle_iterations, 1, 1_000_000, integer=True)
 
 
 def create_run(request: RunRequest, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
@@ -313,9 +316,12 @@ def preflight(request: RunRequest) -> None:
 
     resolve_device_name(request.device)
     info = get_defense(request.defense)
-    data, _, _, _, _ = load_inputs(request.model, request.data, request.trigger)
-    if info.needs_data:
-        check_clean_data(data.clean, info.title.split(":")[0])
+    data, _, trigger_dict, _, _ = load_inputs(request.model, request.data, request.trigger)
+    if info.needs_data or request.oracle:
+        check_clean_data(data.clean, info.title.split(":")[0] if info.needs_data else "The oracle")
+    if request.oracle and trigger_dict is None:
+        raise ValueError("The oracle needs the trigger, and this model has none on record: give one or leave the "
+                         "oracle off.")
 
 
 # ---------------------------------------------------------------- the worker
@@ -500,6 +506,22 @@ def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
                      by=by, callback=cb, device=device)
         sweeps[by] = [r.to_dict() for r in rows]
     write_json(run_dir / "sweep.json", sweeps)
+
+    if cfg.get("oracle") and trigger is not None:
+        cb.emit(type="stage", stage="oracle")
+        from .oracle import oracle_scores, smallest_cut
+
+        t0 = time.perf_counter()
+        iterations = cfg.get("oracle_iterations", 400)
+        masks = oracle_scores(model, data.clean, trigger, iterations=iterations, layers=tuple(result.scores),
+                              device=device, callback=cb)
+        # the defense's own counts, so both curves share their points
+        rows = sweep(model, nmap, masks, "low", data.test, trigger, by="count", device=device,
+                     values=[r["n_pruned"] for r in sweeps["count"]])
+        cut = smallest_cut(rows)
+        write_json(run_dir / "oracle.json", {"iterations": iterations, "seconds": time.perf_counter() - t0,
+                                             "rows": [r.to_dict() for r in rows],
+                                             "smallest_cut": cut.to_dict() if cut else None})
 
     unlearned = result.extras.get("unlearned_model")
     if unlearned is not None:

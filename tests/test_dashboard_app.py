@@ -534,3 +534,31 @@ def test_defend_page_sends_the_trigger_recovery_choice(runs):
     at.selectbox(key="defense").set_value("rnp").run()
     assert at.checkbox(key="recover_triggers_rnp").value is True
     assert at.radio(key="recover_on").value == "unlearned"
+    assert config["oracle"] is False  # the oracle is off unless asked for
+
+
+def test_defend_page_sends_the_oracle_choice_and_explore_draws_it(runs):
+    from defenses.runs import cancel_run
+
+    at = app().run()
+    at.switch_page("views/defend.py").run()
+    at.selectbox(key="defense").set_value("clp").run()
+    assert not at.checkbox(key="oracle").disabled  # a sample's trigger is on record
+    at.checkbox(key="oracle").check().run()
+    at.button(key="start").click().run()
+    no_exception(at, "defend")
+    run_dir = runs / at.session_state["run_id"]
+    cancel_run(run_dir)
+    assert json.loads((run_dir / "config.json").read_text())["oracle"] is True
+
+    done = make_run(runs, "20260101-000000-anp-cnn_badnets-aaaa")
+    at.switch_page("views/explore.py").run()
+    at.selectbox(key="explore_run").set_value(done.name).run()
+    assert "oracle_chart" not in [c.key for c in at.get("plotly_chart")]  # no oracle.json: no chart
+    rows = [{"threshold": c, "n_pruned": c, "acc": 0.99 - 0.001 * c, "asr": 0.0 if c else 1.0} for c in (0, 16, 32)]
+    (done / "oracle.json").write_text(json.dumps({"iterations": 400, "seconds": 1.0, "rows": rows,
+                                                  "smallest_cut": rows[1]}))
+    at.run()  # the oracle's file came after the sweep's (as in a run): the page reads it
+    no_exception(at, "explore oracle")
+    assert "oracle_chart" in [c.key for c in at.get("plotly_chart")]
+    assert any("under 5% with 16 neurons" in c.value for c in at.caption), [c.value for c in at.caption]

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from bench.oracle import main, oracle_scores, oracle_sweep, smallest_cut
+from bench.oracle import main
+from defenses.oracle import oracle_scores, oracle_sweep, smallest_cut
 from defenses.evaluation import SweepRow
 from defenses.neurons import find_neurons
 from defenses.triggers import TriggerSpec

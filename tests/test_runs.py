@@ -106,6 +106,31 @@ def test_two_runs_at_once_stay_isolated(tmp_path):
     assert out.stdout.strip() == "2"
 
 
+def test_a_run_adds_the_oracle_sweep_on_the_defense_s_own_counts(tmp_path):
+    run_dir = create_run(anp_request(iterations=4, oracle=True, oracle_iterations=30, recover_triggers=False), tmp_path)
+    assert execute(run_dir) == "done"
+    oracle = read_json(run_dir / "oracle.json")
+    counts = [r["n_pruned"] for r in read_json(run_dir / "sweep.json")["count"]]
+    assert [r["n_pruned"] for r in oracle["rows"]] == counts and oracle["iterations"] == 30
+    assert oracle["rows"][0]["asr"] > 0.95  # nothing pruned: the backdoor is there
+    cut = oracle["smallest_cut"]
+    assert cut is None or (cut["asr"] < 0.05 and cut == min((r for r in oracle["rows"] if r["asr"] < 0.05),
+                                                            key=lambda r: r["n_pruned"]))
+    assert any(e["type"] == "stage" and e["stage"] == "oracle" for e in read_events(run_dir))
+
+
+def test_the_oracle_is_refused_without_a_trigger(tmp_path):
+    from defenses.runs import preflight
+    from sample_models import HERE, catalog
+
+    entry = catalog()["cnn_blend"]
+    model = {"architecture": "cnn", "arch_kwargs": entry["arch_kwargs"], "checkpoint": str(HERE / entry["weights"])}
+    request = RunRequest(defense="clp", params={}, model=model, data=DATA, oracle=True)
+    with pytest.raises(ValueError, match="The oracle needs the trigger"):
+        preflight(request)
+    preflight(RunRequest(defense="clp", params={}, model=model, data=DATA))  # without the oracle: fine
+
+
 def test_any_run_can_recover_triggers_on_the_original_model(tmp_path):
     from defenses.trigger_recovery import load_recovery
 

@@ -70,11 +70,21 @@ with c2:
                               format_func=RECOVERED_ON.get,
                               help="The unlearned model has lost the clean task but kept the backdoor (RNP's "
                                    "suggestion); the original model is Neural Cleanse's own setting.")
+    # A sample's trigger is in the catalog; for one's own weights only when it was given.
+    trigger_known = choice.get("trigger") is not None or "sample" in choice["model"]
+    oracle = st.checkbox(
+        "Then the trigger-aware oracle (a yardstick, not a defense)", value=False, key="oracle",
+        disabled=not trigger_known,
+        help="Learns which neurons the trigger needs and the clean task can spare, knowing the trigger, which no "
+             "defense does; the Explore page then draws this defense's sweep against the best pruning could do. "
+             "About as slow as 400 ANP iterations." if trigger_known else "Needs the trigger, which this model "
+             "has none on record for.")
 if c3.button("Start", type="primary", key="start", disabled=params is None, width="stretch"):
     try:
         request = RunRequest(defense=name, params=params, model=choice["model"], data=choice["data"],
                              trigger=choice.get("trigger"), device=device, recover_triggers=recover,
-                             recover_on=recover_on, recovery_params=recovery_params, label=choice["label"])
+                             recover_on=recover_on, recovery_params=recovery_params, oracle=oracle and trigger_known,
+                             label=choice["label"])
         run_dir = start_run(request, runs_dir())
         st.session_state["run_id"] = run_dir.name
         st.toast(f"Started {run_dir.name}")

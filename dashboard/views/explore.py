@@ -94,6 +94,15 @@ with tab_sweep:
                             on_select=lambda: _on_click("tradeoff_chart"), selection_mode="points")
         else:
             st.info("The trigger is unknown, so there is no ASR curve; use the trigger-free aids.")
+    if run.oracle:
+        cut = run.oracle.get("smallest_cut")
+        st.plotly_chart(figures.compare_sweeps([
+            {"label": run.defense, "rows": run.sweep.get("count", [])},
+            {"label": "oracle (knows the trigger)", "rows": run.oracle["rows"]}]), key="oracle_chart")
+        st.caption("The oracle learns, knowing the trigger, which neurons the backdoor needs and the clean task can "
+                   "spare: no pruning defense can do much better than its curve. " +
+                   (f"It brings ASR under 5% with {cut['n_pruned']} neurons, at ACC {fmt_rate(cut['acc'])}."
+                    if cut else "No count in its sweep brings ASR under 5%: this backdoor resists pruning."))
 
 with tab_scores:
     kind = st.radio("Show as", ["histogram", "violin", "ecdf"], horizontal=True, key="dist_kind")
