@@ -159,8 +159,11 @@ def test_every_page_renders_with_finished_runs(runs):
         at.switch_page(f"views/{page}.py").run()
         no_exception(at, page)
         assert not at.error, f"{page}: {[e.value for e in at.error]}"
-    # Explore shows the density of a Hölder run, and each distribution kind renders
+    # Explore links the run with recovered triggers to the Triggers page
     at.switch_page("views/explore.py").run()
+    at.selectbox(key="explore_run").set_value("20260101-000000-anp-cnn_badnets-aaaa").run()
+    assert "triggers" in [p.proto.page for p in at.get("page_link")]
+    # Explore shows the density of a Hölder run, and each distribution kind renders
     at.selectbox(key="explore_run").set_value("20260101-000001-holder-cnn_badnets-bbbb").run()
     no_exception(at, "explore holder")
     assert at.selectbox(key="density_layer").options
@@ -308,6 +311,8 @@ def test_main_flow_sample_defend_watch_explore(runs):
     at.run()
     no_exception(at, "defend finished")
     assert any("finished" in s.value for s in at.success)
+    # a real link to Explore, not the plain-text fallback that a wrong page path falls back to
+    assert [p.proto.page for p in at.get("page_link")] == ["explore"]
     at.switch_page("views/explore.py").run()
     no_exception(at, "explore")
     assert at.selectbox(key="explore_run").value == run_id

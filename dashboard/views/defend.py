@@ -120,7 +120,7 @@ def draw(run_id: str) -> bool:
                                                (run_dir / "sweep.json").exists() else ""))
     elif done:
         st.success("The run is finished.")
-        page_link("pages/explore.py", "Explore it →", "🔎")
+        page_link("views/explore.py", "Explore it →", "🔎")
     if not view.finished and st.button("Cancel the run", key="cancel"):
         cancel_run(run_dir)
         st.toast("Cancel sent; the worker stops at its next step.")

@@ -160,7 +160,7 @@ with tab_aids:
         else:
             st.info(f"Trigger recovery flags no label (largest anomaly index {aid['anomaly']:.2f} for label "
                     f"{aid['most_anomalous']}, threshold 2).")
-        page_link("pages/triggers.py", "See the recovered triggers →", "🎯")
+        page_link("views/triggers.py", "See the recovered triggers →", "🎯")
 
 with tab_export:
     top = st.slider("How many neurons", 5, 100, 20, 5, key="top_n")
