@@ -72,6 +72,11 @@ with tabs[5]:
   slider: the numbers shown are those precomputed points, nothing is recomputed.
 - **ACC vs ASR**: the trade-off curve, top left is best. **Red dashed curves use the test trigger**, which a real
   defender does not have.
+- **The oracle's curve** (when the run asked for it): a yardstick, not a defense. Knowing the trigger, it learns
+  masks that keep the true label on clean *and* on triggered images while switching off as few neurons as
+  possible; pruning its lowest masks by count is about the best any pruning could do on this model. Where the
+  oracle needs few neurons and the defense many, the defense's criterion misses the backdoor; where the oracle
+  itself needs many, or costs many ACC points, the backdoor resists pruning.
 - **Triage without the trigger**: the ACC-drop budget (the largest cut whose clean accuracy stays within the
   budget), the largest gap and the knee of the sorted scores, CLP's $u$ rule, and RNP's flagged label.
 - **Scores**: per-layer histograms, violins or ECDFs of the scores; Hölder runs add the density with its cut.
