@@ -567,3 +567,6 @@ def test_defend_page_sends_the_oracle_choice_and_explore_draws_it(runs):
     no_exception(at, "explore oracle")
     assert "oracle_chart" in [c.key for c in at.get("plotly_chart")]
     assert any("under 5% with 16 neurons" in c.value for c in at.caption), [c.value for c in at.caption]
+    at.switch_page("views/compare.py").run()  # Compare draws it beside the defense's curve
+    no_exception(at, "compare oracle")
+    assert any("An oracle curve knows the trigger" in c.value for c in at.caption)

@@ -33,6 +33,8 @@ for run_id in chosen:
         show_error(e)
         continue
     loaded.append({"label": f"{run.defense} · {run_id[-4:]}", "rows": run.sweep.get("count", [])})
+    if run.oracle:  # the yardstick of what pruning could do, on this run's neuron layers
+        loaded.append({"label": f"oracle · {run_id[-4:]}", "rows": run.oracle["rows"]})
     b, d = run.result.get("baseline", {}), run.result.get("default", {})
     thr = run.result.get("threshold")
     table.append({"run": run_id, "defense": run.defense,
@@ -43,5 +45,7 @@ for run_id in chosen:
                   "time (s)": round(run.result.get("timings", {}).get("total_s", float("nan")), 1)})
 st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
 st.caption("Defenses score on different scales (masks vs. constants), so the overlay uses the sweep by number of "
-           "neurons pruned. The right panel needs the test trigger.")
+           "neurons pruned. The right panel needs the test trigger." +
+           (" An oracle curve knows the trigger: it is the yardstick of what pruning could do (see Learn)."
+            if any(d["label"].startswith("oracle") for d in loaded) else ""))
 st.plotly_chart(figures.compare_sweeps(loaded), key="compare_chart")
