@@ -128,7 +128,6 @@ def check_recovery(request: RunRequest) -> None:
         raise ConfigError(f"Trigger recovery runs on the 'unlearned' or the 'original' model, "
                           f"not {request.recover_on!r}.")
     config_from_dict(TriggerRecoveryConfig, request.recovery_params or {})
-    check_range("oracle_iterations", request.oracle_iterations, 1, 1_000_000, integer=True)
 
 
 def create_run(request: RunRequest, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
@@ -136,6 +135,7 @@ def create_run(request: RunRequest, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> 
     info = get_defense(request.defense)
     config_from_dict(info.config_cls, request.params)  # raises ConfigError with one sentence
     check_recovery(request)
+    check_range("oracle_iterations", request.oracle_iterations, 1, 1_000_000, integer=True)
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     model_label = request.model.get("sample") or Path(str(request.model.get("checkpoint", "model"))).stem
@@ -509,15 +509,15 @@ def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
 
     if cfg.get("oracle") and trigger is not None:
         cb.emit(type="stage", stage="oracle")
-        from .oracle import oracle_scores, smallest_cut
+        from .oracle import oracle_scores, oracle_sweep, smallest_cut
 
         t0 = time.perf_counter()
         iterations = cfg.get("oracle_iterations", 400)
         masks = oracle_scores(model, data.clean, trigger, iterations=iterations, layers=tuple(result.scores),
                               device=device, callback=cb)
         # the defense's own counts, so both curves share their points
-        rows = sweep(model, nmap, masks, "low", data.test, trigger, by="count", device=device,
-                     values=[r["n_pruned"] for r in sweeps["count"]])
+        rows = oracle_sweep(model, nmap, masks, data.test, trigger, counts=[r["n_pruned"] for r in sweeps["count"]],
+                            device=device)
         cut = smallest_cut(rows)
         write_json(run_dir / "oracle.json", {"iterations": iterations, "seconds": time.perf_counter() - t0,
                                              "rows": [r.to_dict() for r in rows],
