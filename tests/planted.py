@@ -86,9 +86,9 @@ def clean_and_test(seed: int = 0):
 # ---------------------------------------------------------------- a BatchNorm variant, for RNP
 #
 # RNP needs what the 2-class net above lacks. Its unlearning stops at training accuracy 0.20,
-# which a 2-class task never reaches by chance; so 10 classes. Gradient ascent on the no-BN net
-# collapsed it to one constant prediction and took the backdoor along (ASR 0 in 3 of 5 seeds);
-# BatchNorm keeps every unit firing on about half of each batch, and RNP's masks scale the BN
+# which a 2-class task never reaches by chance; so 10 classes. On a 10-class net without BN,
+# gradient ascent collapsed it to one constant prediction and took the backdoor along (ASR 0 in 3
+# of 5 seeds); BatchNorm keeps every unit firing on about half of each batch, and RNP's masks scale the BN
 # gamma as in the paper's networks. The task is noisy (ACC about 80%), so gradient ascent leaves
 # the confident regime within RNP's 20-epoch budget.
 
