@@ -159,7 +159,34 @@ def load_finished(run_dir: Path) -> FinishedRun:
             if r.get("asr") is None:
                 r["asr"] = float("nan")
     return FinishedRun(run_dir.name, run_dir, read_json(run_dir / "config.json", {}), read_status(run_dir), result,
-                       sweep, scores, recovery, read_json(run_dir / "oracle.json"))
+                       sweep, scores, recovery, load_oracle(run_dir))
+
+
+def load_oracle(run_dir: Path) -> dict | None:
+    """oracle.json with the oracle's masks added under "scores" (empty if their file is missing)."""
+    oracle = read_json(run_dir / "oracle.json")
+    if oracle is not None:
+        path = run_dir / "oracle_scores.safetensors"
+        oracle["scores"] = {k: v.numpy() for k, v in load_tensors(path).items()} if path.exists() else {}
+    return oracle
+
+
+def oracle_cut_neurons(run: FinishedRun) -> set[tuple[str, int]]:
+    """The neurons of the oracle's smallest cut (its lowest masks, as many as the cut prunes):
+    the ones the backdoor needs and the clean task can spare."""
+    oracle = run.oracle or {}
+    cut, scores = oracle.get("smallest_cut"), oracle.get("scores")
+    if not cut or not scores:
+        return set()
+    ranked = sorted((float(v), layer, i) for layer, s in scores.items() for i, v in enumerate(s))
+    return {(layer, i) for _, layer, i in ranked[:cut["n_pruned"]]}
+
+
+def oracle_overlap(run: FinishedRun, threshold: float) -> tuple[int, int]:
+    """(how many of the oracle's cut the threshold prunes, the size of that cut)."""
+    wanted = oracle_cut_neurons(run)
+    pruned = {(n["layer"], n["index"]) for n in pruned_neurons(run, threshold)}
+    return len(wanted & pruned), len(wanted)
 
 
 def sweep_units(scores: dict[str, np.ndarray], suspicious: str) -> dict[str, np.ndarray]:
@@ -235,6 +262,10 @@ def suspicious_table(run: FinishedRun, threshold: float, top: int = 20) -> list[
             rows.append({"layer": layer, "index": i, "score": float(v), "u": float(u), "pruned": bool(sel[layer][i])})
     rows.sort(key=lambda r: r["u"], reverse=run.suspicious == "high")
     rows = rows[:top]
+    oracle = oracle_cut_neurons(run)
+    if oracle:
+        for r in rows:
+            r["in the oracle's cut"] = (r["layer"], r["index"]) in oracle
     if run.suspicious == "low":  # for masks the sweep value is the score itself
         for r in rows:
             r.pop("u")

@@ -519,6 +519,8 @@ def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
         rows = oracle_sweep(model, nmap, masks, data.test, trigger, counts=[r["n_pruned"] for r in sweeps["count"]],
                             device=device)
         cut = smallest_cut(rows)
+        save_tensors(run_dir / "oracle_scores.safetensors", masks)
+        # oracle.json last: its presence says the oracle is complete
         write_json(run_dir / "oracle.json", {"iterations": iterations, "seconds": time.perf_counter() - t0,
                                              "rows": [r.to_dict() for r in rows],
                                              "smallest_cut": cut.to_dict() if cut else None})

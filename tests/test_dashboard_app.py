@@ -561,12 +561,21 @@ def test_defend_page_sends_the_oracle_choice_and_explore_draws_it(runs):
     at.selectbox(key="explore_run").set_value(done.name).run()
     assert "oracle_chart" not in [c.key for c in at.get("plotly_chart")]  # no oracle.json: no chart
     rows = [{"threshold": c, "n_pruned": c, "acc": 0.99 - 0.001 * c, "asr": 0.0 if c else 1.0} for c in (0, 16, 32)]
+    # the oracle's lowest masks: the run's two planted neurons and, third, one the run's cut keeps
+    masks = {k: torch.ones(n) for k, n in CNN_LAYERS.items()}
+    masks["features.8"][3], masks["classifier.2"][7], masks["features.1"][0] = 0.01, 0.02, 0.03
+    save_tensors(done / "oracle_scores.safetensors", masks)
+    cut = dict(rows[1], n_pruned=3)
     (done / "oracle.json").write_text(json.dumps({"iterations": 400, "seconds": 1.0, "rows": rows,
-                                                  "smallest_cut": rows[1]}))
+                                                  "smallest_cut": cut}))
     at.run()  # the oracle's file came after the sweep's (as in a run): the page reads it
     no_exception(at, "explore oracle")
     assert "oracle_chart" in [c.key for c in at.get("plotly_chart")]
-    assert any("under 5% with 16 neurons" in c.value for c in at.caption), [c.value for c in at.caption]
+    text = " ".join(c.value for c in at.caption)
+    assert "under 5% with 3 neurons" in text and "this defense prunes 2 of those 3" in text, text
+    table = at.dataframe[0].value
+    marked = set(zip(table.loc[table["in the oracle's cut"], "layer"], table.loc[table["in the oracle's cut"], "index"]))
+    assert {("features.8", 3), ("classifier.2", 7)} <= marked
     at.switch_page("views/compare.py").run()  # Compare draws it beside the defense's curve
     no_exception(at, "compare oracle")
     assert any("An oracle curve knows the trigger" in c.value for c in at.caption)

@@ -117,6 +117,10 @@ def test_a_run_adds_the_oracle_sweep_on_the_defense_s_own_counts(tmp_path):
     assert cut is None or (cut["asr"] < 0.05 and cut == min((r for r in oracle["rows"] if r["asr"] < 0.05),
                                                             key=lambda r: r["n_pruned"]))
     assert any(e["type"] == "stage" and e["stage"] == "oracle" for e in read_events(run_dir))
+    masks = load_tensors(run_dir / "oracle_scores.safetensors")  # the oracle's own masks, for the neuron table
+    scores = load_tensors(run_dir / "scores.safetensors")
+    assert {k: v.shape for k, v in masks.items()} == {k: v.shape for k, v in scores.items()}
+    assert all(((v > 0) & (v < 1)).all() for v in masks.values())
 
 
 def test_the_oracle_is_refused_without_a_trigger(tmp_path):

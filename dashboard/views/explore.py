@@ -78,6 +78,12 @@ m4.metric("Defense's own cut", f"{fmt_rate(d.get('acc'))} / {fmt_rate(d.get('asr
           help=f"ACC / ASR at the defense's default cut ({d.get('n_pruned')} neurons); before pruning: "
                f"{fmt_rate(base.get('acc'))} / {fmt_rate(base.get('asr'))}.")
 
+def _oracle_overlap(run, threshold) -> str:
+    found, wanted = rundata.oracle_overlap(run, threshold)
+    return (f" At the chosen threshold this defense prunes {found} of those {wanted} (the table of suspicious "
+            f"neurons marks them)." if wanted else "")
+
+
 tab_sweep, tab_scores, tab_aids, tab_export = st.tabs(
     ["Sweep", "Scores", "Triage without the trigger", "Suspicious neurons & export"])
 
@@ -102,7 +108,8 @@ with tab_sweep:
         st.caption("The oracle learns, knowing the trigger, which neurons the backdoor needs and the clean task can "
                    "spare: no pruning defense can do much better than its curve. " +
                    (f"It brings ASR under 5% with {cut['n_pruned']} neurons, at ACC {fmt_rate(cut['acc'])}."
-                    if cut else "No count in its sweep brings ASR under 5%: this backdoor resists pruning."))
+                    if cut else "No count in its sweep brings ASR under 5%: this backdoor resists pruning.") +
+                   _oracle_overlap(run, threshold))
 
 with tab_scores:
     kind = st.radio("Show as", ["histogram", "violin", "ecdf"], horizontal=True, key="dist_kind")
