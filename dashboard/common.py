@@ -79,7 +79,8 @@ def sidebar() -> None:
         st.caption(f"**{APP_TITLE}** · {TAGLINE}")
         choice = current_choice()
         if choice:
-            st.caption(f"Model: {choice['label']}")
+            # the Model page's choice, which Defend starts runs on; Explore may show a run of another model
+            st.caption(f"Model for new runs: {choice['label']}")
         if st.session_state.get("run_id"):
             st.caption(f"Run: `{st.session_state['run_id']}`")
         st.caption(f"Runs folder: `{runs_dir()}`")
