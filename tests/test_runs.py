@@ -166,13 +166,14 @@ def test_a_running_worker_gives_a_core_back_while_a_second_run_works(tmp_path):
     first = start_run(anp_request(iterations=100000), tmp_path)
     wait_for(first, ("running",))
     alone = read_status(first)["threads"]
-    if alone < 2:
+    shared = min(alone, max(1, (os.cpu_count() or 1) // 2))  # half the cores, never more than torch allows
+    if shared == alone:
         pytest.skip("one core (or one thread allowed): there is nothing to share")
     second = start_run(anp_request(iterations=100000), tmp_path)
     try:
-        assert wait_for_threads(first, alone // 2) == alone // 2
+        assert wait_for_threads(first, shared) == shared
         wait_for(second, ("running",))
-        assert read_status(second)["threads"] == alone // 2
+        assert read_status(second)["threads"] == shared
         cancel_run(second)
         wait_for(second, ("cancelled", "failed"))
         assert wait_for_threads(first, alone) == alone  # alone again: it takes its cores back
