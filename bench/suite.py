@@ -239,7 +239,7 @@ def cifar_case(path: Path, quick: bool, log, cache_dir: Path = HERE / "cache") -
     """A narrow PreAct-ResNet-18 with a BadNets patch trained on the CIFAR-10 subset, cached."""
     from defenses.checkpoints import load_into, save_safetensors
     from defenses.models import build_model
-    from sample_models.train import poisoned_train_split, train_model
+    from sample_models.train import ADAM, poisoned_train_split, train_model
 
     data = load_dataset(f"npz:{path}")
     spec = TriggerSpec(kind="badnets", target=0, size=3, position="bottom_right", color=1.0)
@@ -257,7 +257,7 @@ def cifar_case(path: Path, quick: bool, log, cache_dir: Path = HERE / "cache") -
         log(f"cifar10: training PreAct-ResNet-18 (width {width}) for {epochs} epochs on {n_train} images ...")
         train = poisoned_train_split(data.train.subset(torch.arange(n_train)), spec, 0.1, 0)
         t0 = time.perf_counter()
-        train_model(model, train, epochs, 0, {"name": "adam", "lr": 2e-3, "batch_size": 128})
+        train_model(model, train, epochs, 0, dict(ADAM, batch_size=128))
         note = f"trained here in {time.perf_counter() - t0:.0f} s"
         cache.parent.mkdir(parents=True, exist_ok=True)
         save_safetensors(model, str(cache), {"recipe": json.dumps(recipe)})

@@ -163,23 +163,22 @@ def load_finished(run_dir: Path) -> FinishedRun:
 
 
 def load_oracle(run_dir: Path) -> dict | None:
-    """oracle.json with the oracle's masks added under "scores" (empty if their file is missing)."""
+    """oracle.json, with the neurons of the oracle's smallest cut under "cut_neurons": its lowest
+    masks, as many as the cut prunes (the ones the backdoor needs and the clean task can spare).
+    Found once here, since the cached run is read on every rerun; empty without the masks' file."""
     oracle = read_json(run_dir / "oracle.json")
-    if oracle is not None:
-        path = run_dir / "oracle_scores.safetensors"
-        oracle["scores"] = {k: v.numpy() for k, v in load_tensors(path).items()} if path.exists() else {}
+    if oracle is None:
+        return None
+    path, cut = run_dir / "oracle_scores.safetensors", oracle.get("smallest_cut")
+    oracle["cut_neurons"] = set()
+    if cut and path.exists():
+        ranked = sorted((float(v), layer, i) for layer, s in load_tensors(path).items() for i, v in enumerate(s))
+        oracle["cut_neurons"] = {(layer, i) for _, layer, i in ranked[:cut["n_pruned"]]}
     return oracle
 
 
 def oracle_cut_neurons(run: FinishedRun) -> set[tuple[str, int]]:
-    """The neurons of the oracle's smallest cut (its lowest masks, as many as the cut prunes):
-    the ones the backdoor needs and the clean task can spare."""
-    oracle = run.oracle or {}
-    cut, scores = oracle.get("smallest_cut"), oracle.get("scores")
-    if not cut or not scores:
-        return set()
-    ranked = sorted((float(v), layer, i) for layer, s in scores.items() for i, v in enumerate(s))
-    return {(layer, i) for _, layer, i in ranked[:cut["n_pruned"]]}
+    return (run.oracle or {}).get("cut_neurons", set())
 
 
 def oracle_overlap(run: FinishedRun, threshold: float) -> tuple[int, int]:

@@ -25,7 +25,7 @@ chosen = st.multiselect("Runs", ids, default=ids[:6], key="compare_runs",
 if not chosen:
     st.stop()
 
-loaded, table = [], []
+loaded, table, with_oracle = [], [], False
 for run_id in chosen:
     try:
         run = cache.finished_run(run_id)
@@ -35,6 +35,7 @@ for run_id in chosen:
     loaded.append({"label": f"{run.defense} · {run_id[-4:]}", "rows": run.sweep.get("count", [])})
     if run.oracle:  # the yardstick of what pruning could do, on this run's neuron layers
         loaded.append({"label": f"oracle · {run_id[-4:]}", "rows": run.oracle["rows"]})
+        with_oracle = True
     b, d = run.result.get("baseline", {}), run.result.get("default", {})
     thr = run.result.get("threshold")
     table.append({"run": run_id, "defense": run.defense,
@@ -47,5 +48,5 @@ st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
 st.caption("Defenses score on different scales (masks vs. constants), so the overlay uses the sweep by number of "
            "neurons pruned. The right panel needs the test trigger." +
            (" An oracle curve knows the trigger: it is the yardstick of what pruning could do (see Learn)."
-            if any(d["label"].startswith("oracle") for d in loaded) else ""))
+            if with_oracle else ""))
 st.plotly_chart(figures.compare_sweeps(loaded), key="compare_chart")
