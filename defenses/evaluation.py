@@ -123,3 +123,22 @@ def sweep(model: nn.Module, neuron_map: NeuronMap, scores: dict[str, torch.Tenso
     finally:
         callback.end(error)
     return rows
+
+
+BUDGET_COUNTS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
+
+
+def budget_cut(model: nn.Module, neuron_map: NeuronMap, scores: dict[str, torch.Tensor], suspicious: str,
+               clean: ArraySplit, *, budget: float = 0.02, rule: str = "gamma", counts=BUDGET_COUNTS,
+               device=None) -> tuple[int, list[SweepRow]]:
+    """A cut a defender can choose without the trigger: prune the most suspicious neurons by count,
+    as many as the grid allows while ACC on the defender's own clean set stays within ``budget``
+    of the unpruned model's (the most of the grid's counts that do; ACC is not monotone in the
+    count, so every count is measured). Returns that count (0 if none fits) and the clean-set
+    rows it was chosen from."""
+    total = sum(int(s.numel()) for s in scores.values())
+    values = [0] + [c for c in counts if c <= total]
+    rows = sweep(model, neuron_map, scores, suspicious, clean, None, rule=rule, by="count", values=values,
+                 device=device)
+    floor = rows[0].acc - budget - 1e-9
+    return max(r.n_pruned for r in rows if r.acc >= floor), rows

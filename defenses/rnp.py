@@ -116,7 +116,7 @@ class RNP:
         callback.begin(total, {"unlearn": per_epoch * cfg.unlearn_epochs, "recover": per_epoch * cfg.recover_epochs})
         try:
             t0 = time.perf_counter()
-            unlearned, unlearn_log, reached = self._unlearn(model, clean_data, device, gen, augment, callback, total)
+            unlearned, unlearn_log, reached, steps = self._unlearn(model, clean_data, device, gen, augment, callback, total)
             t1 = time.perf_counter()
             masks, recover_log = self._recover(unlearned, nmap, clean_data, device, gen, augment, callback, total)
             t2 = time.perf_counter()
@@ -131,7 +131,8 @@ class RNP:
             prune_rule="gamma", threshold=cfg.threshold, config=dataclasses.asdict(cfg),
             timings={"unlearn_s": t1 - t0, "recover_s": t2 - t1, "total_s": t2 - t0},
             extras={"unlearned_model": unlearned.cpu(), "unlearn_log": unlearn_log, "recover_log": recover_log,
-                    "reached_threshold": reached, "unlearn_epochs_run": len(unlearn_log)},
+                    "reached_threshold": reached, "unlearn_epochs_run": len(unlearn_log),
+                    "unlearn_steps": steps},
         )
 
     def _unlearn(self, model, clean_data, device, gen, augment, callback, total):
@@ -173,7 +174,7 @@ class RNP:
         if step < per_epoch * cfg.unlearn_epochs:  # stopped early: move the bar to the recovery's start
             callback.step("unlearn", per_epoch * cfg.unlearn_epochs, total, {"train_acc": log[-1]["train_acc"]})
         net.requires_grad_(False)
-        return net, log, reached
+        return net, log, reached, step
 
     def _recover(self, unlearned, nmap, clean_data, device, gen, augment, callback, total):
         cfg = self.config

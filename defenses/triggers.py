@@ -90,7 +90,8 @@ def _number(value, what: str) -> float:
 class TriggerSpec:
     """JSON-able description of a trigger.
 
-    kind: ``badnets`` (size, position, color: a grey level in [0, 1] or ``checkerboard``),
+    kind: ``badnets`` (size, position, color: a grey level in [0, 1], ``checkerboard``, or ``noise``:
+    a fixed random grey pattern drawn from ``seed``),
     ``blend`` (alpha, seed for a random pattern, or ``image`` a path to an image file), or
     ``pattern`` (``image`` an .npy/.png pattern and ``mask_image`` an .npy/.png mask).
     """
@@ -151,11 +152,14 @@ class TriggerSpec:
             if self.color == "checkerboard":
                 ii, jj = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
                 pattern[:, r:r + s, col:col + s] = ((ii + jj + 1) % 2).float()
+            elif self.color == "noise":
+                g = torch.Generator().manual_seed(int(self.seed))
+                pattern[:, r:r + s, col:col + s] = torch.rand(c, s, s, generator=g)
             else:
                 level = float(self.color) if isinstance(self.color, numbers.Real) and not isinstance(self.color, bool) \
                     else float("nan")
                 if not 0 <= level <= 1:
-                    raise TriggerError(f"The patch colour must be a grey level in [0, 1] or 'checkerboard', got {self.color!r}.")
+                    raise TriggerError(f"The patch colour must be a grey level in [0, 1], 'checkerboard' or 'noise', got {self.color!r}.")
                 pattern[:, r:r + s, col:col + s] = level
             return Trigger(pattern, mask, self.target)
         if self.kind == "blend":
