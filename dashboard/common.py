@@ -22,11 +22,14 @@ RECOVERED_ON = {"unlearned": "RNP's unlearned model", "original": "the original 
 
 
 def default_sample() -> str | None:
-    """The first BadNets sample in the catalog (else the first sample)."""
+    """The first BadNets showcase in the catalog, where a first click shows a defense working (else
+    the first BadNets sample, else the first sample)."""
     cat = catalog()
-    for name, entry in cat.items():
-        if entry.get("attack") == "badnets":
-            return name
+    for want in (lambda e: e.get("attack") == "badnets" and e.get("role") == "showcase",
+                 lambda e: e.get("attack") == "badnets"):
+        for name, entry in cat.items():
+            if want(entry):
+                return name
     return next(iter(cat), None)
 
 

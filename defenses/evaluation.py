@@ -142,3 +142,20 @@ def budget_cut(model: nn.Module, neuron_map: NeuronMap, scores: dict[str, torch.
                  device=device)
     floor = rows[0].acc - budget - 1e-9
     return max(r.n_pruned for r in rows if r.acc >= floor), rows
+
+
+def defense_cuts(model: nn.Module, neuron_map: NeuronMap, result, clean: ArraySplit, test: ArraySplit,
+                 trigger: Trigger | None = None, *, budget: float = 0.02, device=None) -> dict[str, dict]:
+    """Test ACC/ASR of a defense's result at its own default cut (``"own"``) and at the trigger-free
+    budget cut on the clean set (``"budget"``, see :func:`budget_cut`). Each entry holds
+    ``pruned``, ``acc``, ``asr`` and the ``selection`` (boolean masks per layer)."""
+    own = selection_by_threshold(result.scores, result.threshold, result.suspicious)
+    n, _ = budget_cut(model, neuron_map, result.scores, result.suspicious, clean, budget=budget,
+                      rule=result.prune_rule, device=device)
+    by_budget = selection_by_count(sweep_scores(result.scores, result.suspicious), n, result.suspicious)
+    pruner = Pruner(model, neuron_map, device)
+    out = {}
+    for label, sel in (("own", own), ("budget", by_budget)):
+        m = evaluate(pruner.apply(sel, result.prune_rule), test, trigger, device=device)
+        out[label] = {"pruned": count_selected(sel), "acc": m["acc"], "asr": m["asr"], "selection": sel}
+    return out

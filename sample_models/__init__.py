@@ -74,3 +74,27 @@ def load_sample(name: str, device: str | torch.device = "cpu") -> Sample:
     spec = TriggerSpec.from_dict(entry["trigger"]) if entry.get("trigger") else None
     trigger = spec.build(tuple(entry["input_shape"])) if spec else None
     return Sample(name, model, entry, spec, trigger)
+
+
+CUT_LABELS = {"own": "its own cut", "budget": "trigger-free budget cut"}
+
+
+def efficacy_rows(entry: dict) -> list[dict]:
+    """What each defense measured on this sample did (``python -m sample_models.efficacy``), one
+    row per defense and cut, with labels a person reads."""
+    from defenses.base import get_defense
+
+    rows = []
+    for defense, eff in (entry.get("efficacy") or {}).items():
+        settings = ", ".join(f"{k}={v}" for k, v in eff.get("settings", {}).items()) or "paper defaults"
+        for cut in ("own", "budget"):
+            c = eff.get(cut)
+            if not c:
+                continue
+            rows.append({
+                "Defense": get_defense(defense).title.split(":")[0], "Settings": settings, "Cut": CUT_LABELS[cut],
+                "Neurons pruned": c["pruned"], "ACC": f"{100 * c['acc']:.1f}%", "ASR": f"{100 * c['asr']:.1f}%",
+                "Backdoor removed": "yes" if c["asr"] <= 0.02 and c["acc"] >= entry["acc"] - 0.02 - 1e-9 else "no",
+                "Seconds": eff.get("seconds"),
+            })
+    return rows

@@ -10,7 +10,7 @@ st.markdown(
     "**ASR**, the fraction of triggered images (true label not the target) that land on the target.")
 st.latex(r"\mathrm{ASR} = \Pr_{(x,y)\,:\,y \neq t}\big[f\big((1-M)\odot x + M \odot P\big) = t\big]")
 
-tabs = st.tabs(["ANP", "RNP", "Neural Cleanse", "CLP", "Hölder pruning", "Reading the charts"])
+tabs = st.tabs(["ANP", "RNP", "Neural Cleanse", "CLP", "Hölder pruning", "When pruning works", "Reading the charts"])
 with tabs[0]:
     st.markdown("**Adversarial Neuron Pruning** (Wu & Wang, NeurIPS 2021). Backdoored networks collapse under small "
                 "adversarial perturbations of their neurons. Each neuron gets a mask $m \\in [0,1]$ and, for the "
@@ -64,6 +64,20 @@ with tabs[4]:
                 "pre-activation, $H_i = \\|w_i\\|_2$, CLP's constant. The cut is the first minimum of the constants' "
                 "kernel density to the right of its main mode (else mean $+\\,3\\,$std); the Explore page draws it.")
 with tabs[5]:
+    from sample_models import catalog
+
+    st.markdown("Whether pruning removes a backdoor depends on the **regime**: where the trigger sits, what it looks "
+                "like, the network and how it was trained, not only on the defense's maths. prunescope's samples were "
+                "chosen from a study that changes one factor at a time (`python -m bench.study`, its table in "
+                "`docs/study.md`). The **showcase** samples are where a defense works; the **hard cases** are kept "
+                "for teaching, and each says what the study measured about why pruning fails there.")
+    for role, head in (("showcase", "Showcases"), ("hard case", "Hard cases")):
+        chosen = [e for e in catalog().values() if e.get("role") == role]
+        if chosen:
+            st.markdown(f"**{head}**")
+            for e in chosen:
+                st.markdown(f"- **{e['title']}** (`{e['name']}`): {e.get('why', '')}")
+with tabs[6]:
     st.markdown("""
 - **Live view (Defend)**: the progress bar follows the worker's stages; the loss curve comes from the step events;
   the histogram compares the first and the latest score snapshot (masks drifting down are the suspects); the

@@ -9,7 +9,7 @@ from dashboard.modelsetup import (DATASETS, DEFAULT_MAX_UPLOAD_MB, POSITIONS, ac
                                   data_spec, parse_kwargs, trigger_spec)
 from dashboard.rundata import runs_dir
 from defenses.models import ARCHITECTURES
-from sample_models import catalog, training_summary
+from sample_models import catalog, efficacy_rows, training_summary
 
 st.title("Model")
 st.caption("Choose the model to examine: a small backdoored sample that ships with prunescope, or your own weights.")
@@ -38,6 +38,21 @@ if source == "Sample model":
                       if entry.get("attack") != "none" else " (a clean control)")
                    + f"; trained with {training_summary(entry)}"
                    + f"; measured when trained: ACC {fmt_rate(entry.get('acc'))}, ASR {fmt_rate(entry.get('asr'))}.")
+        role = entry.get("role")
+        if role == "showcase":
+            st.success(f"**Showcase.** {entry.get('why', '')}", icon=":material/check_circle:")
+        elif role == "hard case":
+            st.warning(f"**Hard case, for teaching.** {entry.get('why', '')}", icon=":material/school:")
+        elif role == "control":
+            st.info(f"**Clean control.** {entry.get('why', '')}", icon=":material/balance:")
+        rows = efficacy_rows(entry)
+        if rows:
+            with st.expander("What each defense did on this sample (measured when it was trained, test split)",
+                             expanded=role == "showcase"):
+                st.dataframe(rows, hide_index=True, width="stretch")
+                st.caption("Removed: ASR at most 2% with ACC within 2 points. The budget cut needs no trigger: the "
+                           "most neurons whose pruning keeps ACC on the clean set within 2 points. "
+                           "`docs/study.md` has the study these samples were chosen from.")
         st.session_state["choice"] = sample_choice(name, int(clean))
 else:
     max_mb = st.get_option("server.maxUploadSize") or DEFAULT_MAX_UPLOAD_MB
@@ -78,7 +93,7 @@ else:
         if kind == "badnets":
             fields["size"] = int(t2.number_input("Patch size (pixels)", min_value=1, value=3, step=1, key="trigger_size"))
             fields["position"] = t3.selectbox("Position", POSITIONS, key="trigger_position")
-            colour = t4.text_input("Colour (grey level 0-1, or checkerboard)", value="1.0", key="trigger_color")
+            colour = t4.text_input("Colour (grey level 0-1, checkerboard or noise)", value="1.0", key="trigger_color")
             try:
                 fields["color"] = float(colour)
             except ValueError:

@@ -1,0 +1,79 @@
+"""Measure the defenses on the shipped samples and write the numbers into each catalog entry.
+
+    python -m sample_models.efficacy                  # every sample
+    python -m sample_models.efficacy cnn_badnets_centre
+
+Each entry's ``defenses`` names the defenses measured on it and the settings used (the paper's
+defaults except what is named, e.g. ANP's iteration count). For each, ``efficacy`` records
+the neurons pruned and test ACC/ASR at the defense's own cut and at the trigger-free budget
+cut (the most neurons whose pruning keeps ACC on the defender's clean set within 2 points),
+and the seconds it took on this machine. The test suite re-measures the showcase claims
+(tests/test_showcase.py) from the committed weights.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from defenses.base import config_from_dict, get_defense
+from defenses.data import load_dataset
+from defenses.evaluation import defense_cuts
+from defenses.neurons import find_neurons
+
+from . import CATALOG_PATH, catalog, load_sample
+
+BUDGET = 0.02
+
+
+def defense_data(sample, defense: str, data):
+    """Hölder scores the defender's poisoned training samples (the SPEC's first choice, and how the
+    sample was trained); every other defense learns from the clean set."""
+    if defense != "holder":
+        return data.clean
+    from .train import poisoned_train_split
+
+    return poisoned_train_split(data.train, sample.spec, sample.entry["poison_rate"], sample.entry["seed"])
+
+
+def measure(name: str, defense: str, settings: dict | None = None, data=None) -> dict:
+    """One defense on one sample: its result's cuts, as plain numbers."""
+    data = data or load_dataset("mnist5k")
+    sample = load_sample(name)
+    info = get_defense(defense)
+    cfg = config_from_dict(info.config_cls, dict(settings or {}))
+    t0 = time.perf_counter()
+    result = info.cls(cfg).run(sample.model, defense_data(sample, defense, data))
+    seconds = time.perf_counter() - t0
+    nmap = find_neurons(sample.model, data.shape)
+    cuts = defense_cuts(sample.model, nmap, result, data.clean, data.test, sample.trigger, budget=BUDGET)
+    out = {"settings": dict(settings or {}), "seconds": round(seconds, 1)}
+    for label, c in cuts.items():
+        out[label] = {"pruned": c["pruned"], "acc": round(c["acc"], 4), "asr": round(c["asr"], 4)}
+    return out
+
+
+def meets_bar(entry: dict, cut: dict, asr: float = 0.02, drop: float = 0.02) -> bool:
+    """The showcase bar: ASR <= 2% with test ACC within 2 points of the unpruned model's."""
+    return cut["asr"] <= asr and cut["acc"] >= entry["acc"] - drop - 1e-9
+
+
+def main(argv=None):
+    names = (argv if argv is not None else sys.argv[1:]) or list(catalog())
+    data = load_dataset("mnist5k")
+    entries = dict(catalog())
+    for name in names:
+        entry = dict(entries[name])
+        eff = {}
+        for defense, settings in entry.get("defenses", {}).items():
+            eff[defense] = measure(name, defense, settings, data)
+            print(f"{name} {defense}: {eff[defense]}", flush=True)
+        entry["efficacy"] = eff
+        entries[name] = entry
+        tmp = CATALOG_PATH.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries, indent=2) + "\n")
+        tmp.replace(CATALOG_PATH)
+
+
+if __name__ == "__main__":
+    main()
