@@ -136,7 +136,9 @@ def metric(at: AppTest, label: str) -> str:
 def test_every_page_renders_with_no_runs(runs):
     at = app().run()
     no_exception(at, "model")
-    assert at.metric and at.session_state["choice"]["model"] == {"sample": "cnn_badnets"}  # first BadNets sample
+    # the first BadNets showcase, where a first click shows a defense working
+    assert at.metric and at.session_state["choice"]["model"] == {"sample": "cnn_badnets_centre"}
+    assert any("Showcase" in s.value for s in at.success), [s.value for s in at.success]
     for page in PAGES[1:]:
         at.switch_page(f"views/{page}.py").run()
         no_exception(at, page)
