@@ -44,6 +44,7 @@ from defenses.oracle import oracle_scores, oracle_sweep, smallest_cut
 from defenses.rnp import RNP, RNPConfig
 from defenses.triggers import TriggerSpec
 from sample_models import build_sample_model, catalog
+from sample_models.efficacy import meets_bar
 from sample_models.train import poisoned_train_split, train_recipe
 
 HERE = Path(__file__).resolve().parent
@@ -170,8 +171,7 @@ def measure(model, data, trigger, nmap, result, oracle_set, before) -> dict:
     out = {}
     for label, c in defense_cuts(model, nmap, result, data.clean, data.test, trigger, budget=BUDGET).items():
         s = _set(c.pop("selection"))
-        out[label] = {**c, "overlap": len(s & oracle_set),
-                      "works": c["asr"] <= GOAL_ASR and c["acc"] >= before["acc"] - GOAL_DROP}
+        out[label] = {**c, "overlap": len(s & oracle_set), "works": meets_bar(before, c, GOAL_ASR, GOAL_DROP)}
     return out
 
 

@@ -307,15 +307,6 @@ def _num(v):
 # ---------------------------------------------------------------- trigger-free aids
 
 
-def acc_budget_cut(rows: list[dict], baseline_acc: float, budget: float) -> dict | None:
-    """The sweep point that prunes the most neurons while ACC stays within ``budget`` of the
-    baseline: a cut a defender can choose without knowing the trigger."""
-    ok = [r for r in rows if r["acc"] >= baseline_acc - budget - 1e-9]
-    if not ok:
-        return None
-    return max(ok, key=lambda r: r["n_pruned"])  # the first of equals: the mildest cut pruning that many
-
-
 def sorted_suspicious(run: FinishedRun) -> np.ndarray:
     """Every neuron's sweep value, most suspicious first."""
     units = sweep_units(run.scores, run.suspicious)

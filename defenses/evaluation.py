@@ -125,6 +125,15 @@ def sweep(model: nn.Module, neuron_map: NeuronMap, scores: dict[str, torch.Tenso
     return rows
 
 
+def acc_budget_cut(rows: list[dict], baseline_acc: float, budget: float) -> dict | None:
+    """The sweep point that prunes the most neurons while ACC stays within ``budget`` of the
+    baseline: a cut a defender can choose without knowing the trigger."""
+    ok = [r for r in rows if r["acc"] >= baseline_acc - budget - 1e-9]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: r["n_pruned"])  # the first of equals: the mildest cut pruning that many
+
+
 BUDGET_COUNTS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
 
 
@@ -140,8 +149,7 @@ def budget_cut(model: nn.Module, neuron_map: NeuronMap, scores: dict[str, torch.
     values = [0] + [c for c in counts if c <= total]
     rows = sweep(model, neuron_map, scores, suspicious, clean, None, rule=rule, by="count", values=values,
                  device=device)
-    floor = rows[0].acc - budget - 1e-9
-    return max(r.n_pruned for r in rows if r.acc >= floor), rows
+    return acc_budget_cut([r.to_dict() for r in rows], rows[0].acc, budget)["n_pruned"], rows
 
 
 def defense_cuts(model: nn.Module, neuron_map: NeuronMap, result, clean: ArraySplit, test: ArraySplit,

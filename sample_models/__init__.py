@@ -76,13 +76,15 @@ def load_sample(name: str, device: str | torch.device = "cpu") -> Sample:
     return Sample(name, model, entry, spec, trigger)
 
 
-CUT_LABELS = {"own": "its own cut", "budget": "trigger-free budget cut"}
+CUT_LABELS = {"own": "its own cut", "budget": "budget cut (no trigger)"}
 
 
 def efficacy_rows(entry: dict) -> list[dict]:
     """What each defense measured on this sample did (``python -m sample_models.efficacy``), one
     row per defense and cut, with labels a person reads."""
     from defenses.base import get_defense
+
+    from .efficacy import meets_bar
 
     rows = []
     for defense, eff in (entry.get("efficacy") or {}).items():
@@ -92,9 +94,10 @@ def efficacy_rows(entry: dict) -> list[dict]:
             if not c:
                 continue
             rows.append({
-                "Defense": get_defense(defense).title.split(":")[0], "Settings": settings, "Cut": CUT_LABELS[cut],
-                "Neurons pruned": c["pruned"], "ACC": f"{100 * c['acc']:.1f}%", "ASR": f"{100 * c['asr']:.1f}%",
-                "Backdoor removed": "yes" if c["asr"] <= 0.02 and c["acc"] >= entry["acc"] - 0.02 - 1e-9 else "no",
+                # the settings ride with the defense's name, so the ACC/ASR columns fit at 1000 px
+                "Defense": f"{get_defense(defense).title.split(':')[0]} ({settings})", "Cut": CUT_LABELS[cut],
+                "Pruned": c["pruned"], "ACC": f"{100 * c['acc']:.1f}%", "ASR": f"{100 * c['asr']:.1f}%",
+                "Removed": "yes" if meets_bar(entry, c) else "no",
                 "Seconds": eff.get("seconds"),
             })
     return rows

@@ -153,6 +153,9 @@ class _Features:
             yield self.x[idx], self.y[idx]
 
 
+DESCRIPTIVE = ("title", "role", "why", "works", "defenses")  # a recipe's words, copied into its entry
+
+
 def train_recipe(recipe: dict, seed: int, entries: dict, name: str = "", log=print):
     """Train one recipe (a ``RECIPES`` value) from ``seed`` on the mnist5k split of seed 0 (the
     split every sample and the test suite use). Returns the model in eval mode and its catalog
@@ -168,9 +171,7 @@ def train_recipe(recipe: dict, seed: int, entries: dict, name: str = "", log=pri
         "input_shape": list(data.shape),
         "weights": f"weights/{name}.safetensors",
     }
-    for key in ("role", "why", "works", "defenses"):
-        if key in recipe:
-            entry[key] = recipe[key]
+    entry.update({k: recipe[k] for k in DESCRIPTIVE if k in recipe})
     model = build_sample_model(entry)
     if recipe.get("extractor_from"):
         donor_entry = entries[recipe["extractor_from"]]
@@ -197,9 +198,6 @@ def train_sample(name: str, entries: dict) -> dict:
     save_safetensors(model, str(HERE / entry["weights"]), {"sample": name})
     print(f"{name}: ACC {entry['acc']:.4f} ASR {entry['asr']:.4f} ({entry['train_seconds']} s)", flush=True)
     return entry
-
-
-DESCRIPTIVE = ("title", "role", "why", "works", "defenses")
 
 
 def main(argv=None):

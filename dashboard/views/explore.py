@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import cache, figures, rundata
 from dashboard.common import USER_ERRORS, fmt_rate, page_link, save_threshold, saved_threshold, show_error
+from defenses.evaluation import acc_budget_cut
 
 st.title("Explore a finished run")
 runs = rundata.explorable_runs()
@@ -133,7 +134,7 @@ with tab_aids:
     a1, a2 = st.columns(2)
     with a1:
         budget = st.slider("ACC-drop budget (points)", 0.0, 20.0, 2.0, 0.5, key="budget") / 100
-        cut = rundata.acc_budget_cut(run.rows, base.get("acc", 1.0), budget)
+        cut = acc_budget_cut(run.rows, base.get("acc", 1.0), budget)
         st.plotly_chart(figures.acc_budget_figure(run.rows, base.get("acc", 1.0), budget,
                                                   cut["threshold"] if cut else None, units_name), key="budget_chart")
         if cut:
