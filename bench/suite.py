@@ -263,7 +263,8 @@ def cifar_case(path: Path, quick: bool, log, cache_dir: Path = HERE / "cache") -
         save_safetensors(model, str(cache), {"recipe": json.dumps(recipe)})
     model.eval()
     return Case("cifar10_resnet_badnets", model, data, spec.build(data.shape),
-                f"PreAct-ResNet-18 width {width}, {epochs} epochs, BadNets 3x3, 10% poison ({note})")
+                f"not a shipped sample (the benchmark trains it on CIFAR-10 and caches it): PreAct-ResNet-18 "
+                f"width {width}, {epochs} epochs, BadNets 3x3, 10% poison ({note})")
 
 
 # ---------------------------------------------------------------- the report

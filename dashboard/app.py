@@ -15,7 +15,7 @@ try:
 except ImportError:  # running from a checkout that was not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboard.common import APP_TITLE, sidebar
+from dashboard.common import APP_TITLE, keep_choice_in_url, sidebar
 
 st.set_page_config(page_title=APP_TITLE, page_icon=":material/content_cut:", layout="wide")
 
@@ -28,5 +28,13 @@ pages = [
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
 ]
 page = st.navigation(pages)
-sidebar()
-page.run()
+# Drawn after the page, into a place kept for it: the page may change the model or the run
+# (the Model page's choice, Explore's run), and a sidebar drawn first would name the previous one.
+# ``finally``: a page that stops early (st.stop) still gets its sidebar.
+slot = st.sidebar.container()
+try:
+    page.run()
+finally:
+    with slot:
+        sidebar()
+    keep_choice_in_url()

@@ -114,7 +114,8 @@ def recovered_triggers(path: str, mtime: float) -> dict | None:
     return {"labels": list(rec.labels), "masks": rec.masks.numpy(), "patterns": rec.patterns.numpy(),
             "anomaly": list(rec.anomaly), "flagged": list(rec.flagged), "l1": list(rec.l1),
             "asr_on_model": rec.asr_on_model, "asr_on_original": rec.asr_on_original,
-            "threshold": rec.config.get("anomaly_threshold", 2.0), "recovered_on": rec.recovered_on}
+            "threshold": rec.config.get("anomaly_threshold", 2.0), "recovered_on": rec.recovered_on,
+            "steps": rec.config.get("steps")}
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -186,3 +187,25 @@ def attributions(run_id: str, threshold: float, method: str, n: int = 4) -> dict
         out[name] = attribution_maps(model, x_all, pred, method)
         out[f"pred_{name}"] = pred.tolist()
     return out
+
+
+# ---------------------------------------------------------------- the Defend page
+
+
+@st.cache_data(max_entries=64, show_spinner="Checking that this defense can run on this model ...")
+def preflight_message(request_key: str) -> str | None:
+    """What ``prunescope run`` would refuse this run for, in one sentence (None: it can start).
+    The same check as the command line's, so a run the worker would fail never starts."""
+    from defenses.runs import RunRequest, preflight
+
+    from .modelsetup import USER_ERRORS, user_message
+
+    try:
+        preflight(RunRequest(**json.loads(request_key)))
+    except USER_ERRORS as e:
+        return user_message(e)
+    return None
+
+
+def request_key(request) -> str:
+    return _key(request.to_dict())

@@ -43,10 +43,22 @@ def sample_choice(name: str, clean_count: int = 500) -> dict:
 
 def current_choice() -> dict | None:
     choice = st.session_state.get("choice")
-    if choice is None:
-        name = default_sample()
+    if choice is None:  # a new session: the sample in the URL (a reload or a link), else the default
+        wanted = st.query_params.get("sample")
+        name = wanted if wanted in catalog() else default_sample()
         choice = sample_choice(name) if name else None
     return choice
+
+
+def keep_choice_in_url() -> None:
+    """Write the chosen sample into every page's URL: Streamlit clears query parameters on a page
+    switch, and a reload must not fall back to the default sample."""
+    choice = current_choice()
+    sample = (choice or {}).get("model", {}).get("sample")
+    if sample:
+        st.query_params["sample"] = sample
+    elif "sample" in st.query_params:  # one's own weights: a reload must not bring a sample back
+        del st.query_params["sample"]
 
 
 def show_error(e: BaseException) -> None:
@@ -78,16 +90,16 @@ def fmt_rate(v) -> str:
 
 
 def sidebar() -> None:
-    with st.sidebar:
-        st.caption(f"**{APP_TITLE}** · {TAGLINE}")
-        choice = current_choice()
-        if choice:
-            # the Model page's choice, which Defend starts runs on; Explore may show a run of another model
-            st.caption(f"Model for new runs: {choice['label']}")
-        if st.session_state.get("run_id"):
-            st.caption(f"Run: `{st.session_state['run_id']}`")
-        st.caption(f"Runs folder: `{runs_dir()}`")
+    """The sidebar's captions, drawn where the caller is (the entry point puts them in the sidebar)."""
+    st.caption(f"**{APP_TITLE}** · {TAGLINE}")
+    choice = current_choice()
+    if choice:
+        # the Model page's choice, which Defend starts runs on; Explore may show a run of another model
+        st.caption(f"Model for new runs: {choice['label']}")
+    if st.session_state.get("run_id"):
+        st.caption(f"Run: `{st.session_state['run_id']}`")
+    st.caption(f"Runs folder: `{runs_dir()}`")
 
 
-__all__ = ["USER_ERRORS", "APP_TITLE", "TAGLINE", "current_choice", "default_sample", "fmt_rate", "page_link", "sample_choice",
-           "save_threshold", "saved_threshold", "show_error", "sidebar"]
+__all__ = ["USER_ERRORS", "APP_TITLE", "TAGLINE", "current_choice", "default_sample", "fmt_rate", "keep_choice_in_url",
+           "page_link", "sample_choice", "save_threshold", "saved_threshold", "show_error", "sidebar"]

@@ -159,9 +159,46 @@ def widget_key(defense: str, field: str) -> str:
     return f"cfg_{defense}_{field}"
 
 
+# Labels and units a person reads, for the config keys the defenses share (captum's rule: the same
+# argument name means the same thing in every method); any other field is labelled from its name.
+FIELD_LABELS = {
+    "eps": "Neuron noise bound ε", "steps": "Noise ascent steps", "alpha": "Natural-loss weight α",
+    "mask_lr": "Mask learning rate", "momentum": "Momentum", "batch_size": "Batch size",
+    "iterations": "Iterations", "threshold": "Pruning threshold (mask value)", "augment": "Augmentation",
+    "snapshot_every": "Snapshot every (steps)", "seed": "Random seed", "layers": "Only these layers",
+    "unlearn_lr": "Unlearning learning rate", "unlearn_momentum": "Unlearning momentum",
+    "unlearn_weight_decay": "Unlearning weight decay", "unlearn_epochs": "Unlearning epochs",
+    "unlearn_milestones": "Unlearning lr drops at epochs", "clean_threshold": "Stop unlearning at train accuracy",
+    "stop_check": "Check the stop", "recover_lr": "Recovery learning rate", "recover_momentum": "Recovery momentum",
+    "recover_epochs": "Recovery epochs", "recover_loss_scale": "Recovery loss scale",
+    "u": "u (std-devs above the layer mean)", "space": "Where constants are measured", "radii": "Radii",
+    "max_samples": "At most this many samples", "top_p": "Top share pruned", "activation": "Activation",
+}
+# The fields that set how long a defense learns: below the paper's value, the page says so.
+BUDGET_FIELDS = ("iterations", "unlearn_epochs", "recover_epochs")
+
+
+def field_label(name: str) -> str:
+    return FIELD_LABELS.get(name) or name.replace("_", " ").capitalize()
+
+
+def below_paper(config_cls, params: dict) -> list[str]:
+    """"iterations 100 (paper 2000)" for each budget field set below the config's default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    out = []
+    for name in BUDGET_FIELDS:
+        v, d = params.get(name), defaults.get(name)
+        if isinstance(v, (int, float)) and isinstance(d, (int, float)) and v < d:
+            out.append(f"{field_label(name).lower()} {v:g}, the paper's {d:g}")
+    return out
+
+
 def render(defense: str, config_cls, columns: int = 3) -> dict:
     """One widget per config field (keys ``cfg_<defense>_<field>``); returns the changed values.
-    Raises ConfigError for a tuple typed wrongly."""
+    Raises ConfigError for a tuple typed wrongly.
+
+    A widget's starting value goes into Session State, never into its ``value`` argument: a preset
+    (the demo budget) writes Session State too, and Streamlit warns when a widget gets both."""
     import streamlit as st
 
     specs = describe_fields(config_cls)
@@ -169,38 +206,50 @@ def render(defense: str, config_cls, columns: int = 3) -> dict:
     cols = st.columns(columns)
     for i, s in enumerate(specs):
         key = widget_key(defense, s.name)
+        label, tip = field_label(s.name), (f"`{s.name}`: " + (s.help or "")).rstrip(": ")
+        if key not in st.session_state:
+            st.session_state[key] = _widget_default(s)
         with cols[i % columns]:
             if s.kind == "bool":
-                values[s.name] = st.checkbox(s.name, value=bool(s.default), key=key, help=s.help or None)
+                values[s.name] = st.checkbox(label, key=key, help=tip)
             elif s.kind == "int":
-                values[s.name] = int(st.number_input(s.name, value=int(s.default), step=1, key=key,
+                values[s.name] = int(st.number_input(label, step=1, key=key,
                                                      min_value=None if s.low is None else int(s.low),
-                                                     max_value=None if s.high is None else int(s.high),
-                                                     help=s.help or None))
+                                                     max_value=None if s.high is None else int(s.high), help=tip))
             elif s.kind == "float":
                 if s.low is not None and s.high is not None:
-                    values[s.name] = float(st.slider(s.name, float(s.low), float(s.high), float(s.default), step=0.01,
-                                                     key=key, help=s.help or None))
+                    values[s.name] = float(st.slider(label, float(s.low), float(s.high), step=0.01, key=key, help=tip))
                 else:
-                    values[s.name] = float(st.number_input(s.name, value=float(s.default), key=key, format="%g",
-                                                           step=_step(float(s.default)), help=s.help or None))
+                    values[s.name] = float(st.number_input(label, key=key, format="%g", step=_step(float(s.default)),
+                                                           help=tip))
             elif s.kind == "choice":
-                idx = s.choices.index(s.default) if s.default in s.choices else 0
-                values[s.name] = st.selectbox(s.name, s.choices, index=idx, key=key, help=s.help or None)
+                values[s.name] = st.selectbox(label, s.choices, key=key, help=tip)
             elif s.kind == "optional":
-                text = st.text_input(s.name, value="" if s.default is None else str(s.default), key=key,
-                                     help=(s.help + " " if s.help else "") + "Empty means none.")
+                text = st.text_input(label, key=key, help=tip + " Empty means none.")
                 values[s.name] = parse_optional(text, s.item or float, s.name)
             elif s.kind == "tuple":
-                text = st.text_input(s.name, value=format_tuple(s.default), key=key,
-                                     help=(s.help + " " if s.help else "") + "Comma-separated"
+                text = st.text_input(label, key=key, help=tip + " Comma-separated"
                                      + ("; empty means none." if s.optional else "."))
                 values[s.name] = parse_tuple(text, s.item or str, s.name, s.optional)
             else:
-                text = st.text_input(s.name, value="" if s.default is None else str(s.default), key=key,
-                                     help=s.help or None)
+                text = st.text_input(label, key=key, help=tip)
                 values[s.name] = None if (s.optional and not text.strip()) else text
     return changed(specs, values)
+
+
+def _widget_default(s: FieldSpec):
+    """The value a field's widget starts at, in the widget's own type."""
+    if s.kind == "bool":
+        return bool(s.default)
+    if s.kind == "int":
+        return int(s.default)
+    if s.kind == "float":
+        return float(s.default)
+    if s.kind == "choice":
+        return s.default if s.default in s.choices else s.choices[0]
+    if s.kind == "tuple":
+        return format_tuple(s.default)
+    return "" if s.default is None else str(s.default)
 
 
 def _step(default: float) -> float:

@@ -33,7 +33,10 @@ LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0
 
 def _base(title: str, x_title: str, y_title: str, height: int = 360) -> go.Figure:
     fig = go.Figure()
-    fig.update_layout(title=title, height=height, margin=dict(l=50, r=20, t=50, b=90), legend=LEGEND_BELOW)
+    # The title sits in a band below Plotly's toolbar (top right), not under it, at every width.
+    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", yref="container", y=1.0, yanchor="top",
+                                 pad=dict(t=34)),
+                      height=height, margin=dict(l=50, r=20, t=76, b=90), legend=LEGEND_BELOW)
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title)
     return fig
@@ -56,6 +59,12 @@ def _has_values(values) -> bool:
 # ---------------------------------------------------------------- live view
 
 
+def _metric_label(stage: str, name: str) -> str:
+    """"anp", "natural_loss" -> "ANP natural loss" (a legend, not a config key)."""
+    stage = stage.upper() if stage in ("anp", "rnp", "clp") else stage.capitalize()
+    return f"{stage} {name.replace('_', ' ')}".strip()
+
+
 def loss_curve(steps: Sequence[Mapping]) -> go.Figure:
     """Losses over training steps, one line per loss-like metric (``*loss*``) and stage.
 
@@ -65,7 +74,7 @@ def loss_curve(steps: Sequence[Mapping]) -> go.Figure:
     for ev in steps:
         for name, value in (ev.get("metrics") or {}).items():
             if "loss" in name and isinstance(value, (int, float)):
-                xs, ys = series.setdefault(f"{ev.get('stage', '')} {name}".strip(), ([], []))
+                xs, ys = series.setdefault(_metric_label(ev.get("stage", ""), name), ([], []))
                 xs.append(ev["step"])
                 ys.append(value)
     for i, (name, (xs, ys)) in enumerate(series.items()):
@@ -239,7 +248,9 @@ def acc_budget_figure(rows: Sequence[Mapping], baseline_acc: float, budget: floa
     fig.add_trace(go.Scatter(x=t, y=[r["acc"] for r in rows], customdata=t, mode="lines+markers", name="ACC",
                              line=dict(color=AID_COLOR)))
     floor = baseline_acc - budget
-    fig.add_hline(y=floor, line_dash="dot", line_color=AID_COLOR, annotation_text=f"floor {floor:.3f}")
+    # the floor's label at the bottom left, the cut's at the top right: they never meet
+    fig.add_hline(y=floor, line_dash="dot", line_color=AID_COLOR, annotation_text=f"floor {floor:.3f}",
+                  annotation_position="bottom left")
     if chosen is not None:
         _vline(fig, chosen, f"largest cut {chosen:g}", color=AID_COLOR)
     return fig
@@ -324,9 +335,10 @@ def trigger_grid(labels: Sequence[int], masks: np.ndarray, patterns: np.ndarray,
     mask M, the pattern P and M x P. Flagged labels are starred in the column title."""
     masks = np.asarray(masks, dtype=float)
     patterns = np.asarray(patterns, dtype=float)
-    cols = [(f"{'★ ' if t in flagged else ''}label {t}", masks[i], patterns[i]) for i, t in enumerate(labels)]
+    # Short column titles (the label alone): eleven columns at 1000 px leave about 80 px each.
+    cols = [(f"{'★' if t in flagged else ''}{t}", masks[i], patterns[i]) for i, t in enumerate(labels)]
     if true_mask is not None and true_pattern is not None:
-        cols.append(("true trigger", np.asarray(true_mask, dtype=float), np.asarray(true_pattern, dtype=float)))
+        cols.append(("true", np.asarray(true_mask, dtype=float), np.asarray(true_pattern, dtype=float)))
     ncols = len(cols)
     row_names = ("mask M", "pattern P", "M × P")
     fig = make_subplots(rows=3, cols=ncols, column_titles=[c[0] for c in cols], row_titles=list(row_names),
@@ -337,7 +349,7 @@ def trigger_grid(labels: Sequence[int], masks: np.ndarray, patterns: np.ndarray,
         fig.add_trace(_image_trace(p), row=2, col=j)
         fig.add_trace(_image_trace(m2[None] * p if p.ndim == 3 else m2 * p), row=3, col=j)
     _image_axes(fig, 3, ncols)
-    fig.update_layout(title="Recovered triggers per label", height=140 + 3 * max(90, 1100 // max(ncols, 1)),
+    fig.update_layout(title="Recovered triggers per label (★ flagged; true: the attacker's trigger)", height=140 + 3 * max(90, 1100 // max(ncols, 1)),
                       margin=dict(l=10, r=40, t=90, b=10))
     return fig
 

@@ -42,9 +42,12 @@ def model_label(config: dict) -> str:
     return f"{m.get('architecture', '?')} · {Path(str(m.get('checkpoint', '?'))).name}"
 
 
-def describe_run(run: dict) -> str:
+def describe_run(run: dict, state: bool = True) -> str:
+    """A run for a picker; ``state=False`` where the picker is not redrawn as the run moves on
+    (the Defend page shows the live state beside it)."""
     cfg, st = run["config"], run["status"]
-    return f"{run['run_id']}  ·  {cfg.get('defense', '?')} on {model_label(cfg)}  ·  {st.get('state', '?')}"
+    text = f"{run['run_id']}  ·  {cfg.get('defense', '?')} on {model_label(cfg)}"
+    return text + (f"  ·  {st.get('state', '?')}" if state else "")
 
 
 def explorable_runs() -> list[dict]:
@@ -101,6 +104,33 @@ def live_view(run_dir: Path) -> LiveView:
                     step_stage=str(step_stage), step=int(step or 0),
                     total=int(total or 0), stages_seen=stages, defense_steps=defense_steps, probes=probes,
                     baseline=baseline, snapshots=[s for s, _ in list_snapshots(run_dir)])
+
+
+STAGE_WORDS = {"loading": "loading the model and data", "defense": "defense", "sweep": "sweeping the threshold",
+               "trigger recovery": "recovering triggers", "oracle": "oracle"}
+MASK_DEFENSES = ("anp", "rnp")  # their scores are masks in [0, 1], low = suspicious
+
+
+def status_line(view: LiveView) -> str:
+    """One status word for the run, and while it runs what it is doing: "running · anp 9/150"."""
+    if view.state != "running":
+        return view.state
+    doing = view.step_stage if view.total else STAGE_WORDS.get(view.stage, view.stage)
+    return f"running · {doing}" + (f" {view.step}/{view.total}" if view.total else "")
+
+
+def live_score_label(defense: str | None) -> str:
+    """The live histogram's axis: masks for ANP/RNP, raw constants (not yet standardized) otherwise."""
+    return score_label("low") if defense in MASK_DEFENSES else "constant (high = suspicious)"
+
+
+def finished_cut(run_dir: Path) -> dict | None:
+    """The defense's own cut of a finished run (``n_pruned``, ``acc``, ``asr``), from result.json."""
+    d = (read_json(Path(run_dir) / "result.json") or {}).get("default")
+    if not d or d.get("acc") is None:
+        return None
+    return {"n_pruned": d.get("n_pruned", 0), "acc": d["acc"],
+            "asr": float("nan") if d.get("asr") is None else d["asr"]}
 
 
 def snapshot_scores(run_dir: Path, step: int) -> dict[str, np.ndarray]:
@@ -251,6 +281,18 @@ def default_threshold(run: FinishedRun) -> float:
     return min(run.rows, key=lambda r: (abs(r["n_pruned"] - n), r["threshold"]))["threshold"]
 
 
+def starting_threshold(run: FinishedRun, saved=None, from_url=None) -> float:
+    """Where a run's slider starts: the threshold chosen for it earlier in this session, else the
+    one in the URL (a reload or a shared link), else the defense's own cut; always a grid point."""
+    options = run.thresholds
+    if saved in options:
+        return saved
+    try:
+        return nearest(options, float(from_url)) if from_url is not None else default_threshold(run)
+    except (TypeError, ValueError):  # a hand-edited URL: start from the defense's own cut
+        return default_threshold(run)
+
+
 def suspicious_table(run: FinishedRun, threshold: float, top: int = 20) -> list[dict]:
     """The ``top`` most suspicious neurons over all layers, and whether the threshold prunes them."""
     units = sweep_units(run.scores, run.suspicious)
@@ -366,6 +408,37 @@ def rnp_aid(run: FinishedRun) -> dict | None:
     return {"flagged": flagged, "most_anomalous": labels[best] if best is not None else None,
             "anomaly": rec["anomaly"][best] if best is not None else None,
             "asr": {t: asr[i] for i, t in enumerate(labels)}}
+
+
+def short_recovery_warning(recovery: dict | None) -> str | None:
+    """A sentence when trigger recovery ran fewer steps per label than Neural Cleanse's default:
+    an unfinished trigger can flag the wrong label, or none."""
+    from defenses.trigger_recovery import TriggerRecoveryConfig
+
+    recovery = recovery or {}  # recovery.json (its "config") or the Triggers page's cached copy ("steps")
+    steps, paper = recovery.get("steps", (recovery.get("config") or {}).get("steps")), TriggerRecoveryConfig().steps
+    if isinstance(steps, int) and steps < paper:
+        return (f"Trigger recovery ran {steps} steps per label, below Neural Cleanse's {paper}: an unfinished "
+                "trigger can flag the wrong label, or none.")
+    return None
+
+
+def fmt_points(v) -> str:
+    """A rate as a percentage number without the sign: 0.987 -> "98.7"; "n/a" when unknown."""
+    return "n/a" if v is None or v != v else f"{100 * v:.1f}"
+
+
+def points_delta(after, before) -> str | None:
+    """"+1.5 pts", or "±0.0 pts" when the change rounds to nothing (the page colours only real
+    changes); None when either side is unknown."""
+    if after is None or before is None or after != after or before != before:
+        return None
+    d = round(100 * (after - before), 1)
+    return "±0.0 pts" if d == 0 else f"{d:+.1f} pts"
+
+
+def is_change(delta: str | None) -> bool:
+    return delta is not None and not delta.startswith("±")
 
 
 def read_manifest_bytes(m: dict) -> bytes:

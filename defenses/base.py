@@ -182,7 +182,27 @@ def config_from_dict(config_cls, values: dict[str, Any]):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{config_cls.__name__} has no setting {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-    return config_cls(**values)
+    return config_cls(**{k: _tuple_from_text(config_cls, k, v) for k, v in values.items()})
+
+
+def _tuple_from_text(config_cls, name: str, value):
+    """A list setting given as text (``--set layers=head.1,head.3``) as a tuple of its items; a
+    string is never taken letter by letter."""
+    import typing
+
+    if not isinstance(value, str):
+        return value
+    hint = typing.get_type_hints(config_cls).get(name)
+    tuple_args = [a for a in typing.get_args(hint) if typing.get_origin(a) is tuple] + \
+        ([hint] if typing.get_origin(hint) is tuple else [])
+    if not tuple_args:
+        return value
+    item = next((a for a in typing.get_args(tuple_args[0]) if a is not Ellipsis), str)
+    parts = [p.strip() for p in value.strip("()[] ").split(",") if p.strip()]
+    try:
+        return tuple(item(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"{name} must be a comma-separated list of {item.__name__} values, got {value!r}.") from None
 
 
 # ---------------------------------------------------------------- registry
@@ -196,16 +216,23 @@ class DefenseInfo:
     config_cls: type
     needs_data: bool
     summary: str
-    quick: dict  # a small budget (fewer iterations/epochs) for smoke tests, demos and CI benchmarks
+    quick: dict  # a small budget (fewer iterations/epochs) for smoke tests and CI benchmarks
+    demo: dict = dataclasses.field(default_factory=dict)  # a budget tuned to show the defense on a showcase
+    demo_note: str = ""  # what the demo budget shows and how far it is below the paper's
+    # check(model, neuron_map, config): raise ValueError (one sentence) for a model this defense cannot
+    # handle, before a worker starts (runs.preflight, the Defend page); None: every model is fine.
+    check: Callable | None = None
 
 
 REGISTRY: dict[str, DefenseInfo] = {}
 
 
 def register(name: str, title: str, config_cls: type, *, needs_data: bool = True, summary: str = "",
-             quick: dict | None = None) -> Callable[[type], type]:
+             quick: dict | None = None, demo: dict | None = None, demo_note: str = "",
+             check: Callable | None = None) -> Callable[[type], type]:
     def deco(cls):
-        REGISTRY[name] = DefenseInfo(name, title, cls, config_cls, needs_data, summary, dict(quick or {}))
+        REGISTRY[name] = DefenseInfo(name, title, cls, config_cls, needs_data, summary, dict(quick or {}),
+                                     dict(demo or {}), demo_note, check)
         cls.name = name
         return cls
 

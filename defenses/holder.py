@@ -264,7 +264,10 @@ def first_minimum_right_of_mode(dens: np.ndarray) -> int | None:
 @register("holder", "Hölder pruning (MLP head)", HolderConfig, summary=(
     "Scores each neuron of the MLP head by a Hölder constant (its worst response to small input "
     "perturbations over a grid of radii) and prunes the high ones at the first minimum of their "
-    "density. Assumes a clean frozen feature extractor: only the head is pruned."))
+    "density. Assumes a clean frozen feature extractor: only the head is pruned."),
+    check=lambda model, nmap, cfg: head_layers(nmap),
+    demo_note=("Needs an MLP head on a frozen feature extractor: of the samples only mlp_head_badnets has one, "
+               "and no Hölder cut removes its backdoor (docs/study.md), so there is no demo budget yet."))
 class Holder:
     def __init__(self, config: HolderConfig | None = None, **kwargs):
         self.config = config if config is not None else HolderConfig(**kwargs)

@@ -199,6 +199,27 @@ ARCHITECTURES = {
 }
 
 
+def architectures_fitting(state: dict, num_classes: int, in_channels: int, image_size: int,
+                          skip: str = "") -> list[str]:
+    """The built-in architectures whose parameter names are exactly the checkpoint's, for the
+    message on a checkpoint that does not fit the one chosen; ``"vgg11_bn (another width)"``
+    when the names fit but the shapes do not (the width is an architecture argument)."""
+    keys = {k for k in state if not k.endswith("num_batches_tracked")}
+    out = []
+    for name in ARCHITECTURES:
+        if name == skip:
+            continue
+        try:
+            expected = build_model(name, num_classes, in_channels, image_size).state_dict()
+        except (ModelError, RuntimeError, ValueError):
+            continue
+        if {k for k in expected if not k.endswith("num_batches_tracked")} != keys:
+            continue
+        same = all(tuple(state[k].shape) == tuple(v.shape) for k, v in expected.items() if k in state)
+        out.append(name if same else f"{name} (another width)")
+    return out
+
+
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **kwargs) -> nn.Module:
     """Build an (untrained) model by architecture name; see the module docstring."""
     if name in ARCHITECTURES:

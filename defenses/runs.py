@@ -255,13 +255,24 @@ def load_model(model_spec: dict, data_shape=None, num_classes=None):
 
         s = load_sample(model_spec["sample"])
         return s.model, (s.spec.to_dict() if s.spec else None), s.entry["title"]
-    from .checkpoints import load_into
-    from .models import build_model
+    from .checkpoints import CheckpointError, load_into, load_state_dict
+    from .models import architectures_fitting, build_model
 
     arch = model_spec["architecture"]
     c, h, _ = model_spec.get("input_shape") or data_shape
-    model = build_model(arch, model_spec.get("num_classes") or num_classes, c, h, **model_spec.get("arch_kwargs", {}))
-    load_into(model, model_spec["checkpoint"])
+    classes = model_spec.get("num_classes") or num_classes
+    model = build_model(arch, classes, c, h, **model_spec.get("arch_kwargs", {}))
+    try:
+        load_into(model, model_spec["checkpoint"])
+    except CheckpointError as e:
+        if "does not fit" not in str(e):
+            raise
+        # Name the architectures the file's keys do fit, tried here, rather than leave the user to guess.
+        fits = architectures_fitting(load_state_dict(model_spec["checkpoint"]), classes, c, h, skip=arch)
+        if not fits:
+            raise
+        raise CheckpointError(f"{str(e).rstrip('.')}; its parameter names fit {', '.join(fits)}: choose that "
+                              "architecture.") from None
     model.eval()
     return model, None, f"{arch} from {Path(model_spec['checkpoint']).name}"
 
@@ -314,9 +325,15 @@ def preflight(request: RunRequest) -> None:
     in one sentence instead of becoming a failed run."""
     from .base import check_clean_data
 
+    from .base import config_from_dict
+    from .neurons import find_neurons
+
     resolve_device_name(request.device)
     info = get_defense(request.defense)
-    data, _, trigger_dict, _, _ = load_inputs(request.model, request.data, request.trigger)
+    config = config_from_dict(info.config_cls, request.params)
+    data, model, trigger_dict, _, _ = load_inputs(request.model, request.data, request.trigger)
+    if info.check is not None:  # a model this defense cannot handle (e.g. Hölder without an MLP head)
+        info.check(model, find_neurons(model, data.shape), config)
     if info.needs_data or request.oracle:
         check_clean_data(data.clean, info.title.split(":")[0] if info.needs_data else "The oracle")
     if request.oracle and trigger_dict is None:
@@ -552,9 +569,23 @@ def _is_plain(v) -> bool:
         return False
 
 
+WORKER_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Run workers below the dashboard's server: on 2 busy cores a slider step waited 2-3 s for
+    the CPU while a defense ran at the same priority. The defense loses little (the server is idle
+    most of the time); only the worker process is lowered, never the caller of :func:`execute`."""
+    try:
+        os.nice(WORKER_NICE)
+    except (AttributeError, OSError):  # no nice on this platform, or not permitted: run as it is
+        pass
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "work":
+        _lower_priority()
         state = execute(argv[1])
         sys.exit(0 if state == "done" else 1)
     print("usage: python -m defenses.runs work RUN_DIR", file=sys.stderr)

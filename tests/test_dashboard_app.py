@@ -130,6 +130,17 @@ def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
+def open_tab(at: AppTest, name: str) -> AppTest:
+    """Open one of Explore's tabs (lazy tabs: only the open one runs), as a click on it would."""
+    at.session_state["explore_tab"] = name
+    return at.run()
+
+
+def threshold_slider(at: AppTest):
+    """Explore's threshold slider: one per run, keyed by the run shown."""
+    return at.select_slider(key=f"threshold_{at.session_state['explore_run']}")
+
+
 # ---------------------------------------------------------------- every page renders
 
 
@@ -164,16 +175,19 @@ def test_every_page_renders_with_finished_runs(runs):
     # Explore links the run with recovered triggers to the Triggers page
     at.switch_page("views/explore.py").run()
     at.selectbox(key="explore_run").set_value("20260101-000000-anp-cnn_badnets-aaaa").run()
+    open_tab(at, "Triage without the trigger")
     assert "triggers" in [p.proto.page for p in at.get("page_link")]
     # Explore shows the density of a Hölder run, and each distribution kind renders
     at.selectbox(key="explore_run").set_value("20260101-000001-holder-cnn_badnets-bbbb").run()
     no_exception(at, "explore holder")
+    open_tab(at, "Scores")
     assert at.selectbox(key="density_layer").options
     for kind in ("violin", "ecdf"):
         at.radio(key="dist_kind").set_value(kind).run()
         no_exception(at, f"explore {kind}")
+    open_tab(at, "Triage without the trigger")
     at.button(key="use_u").click().run()  # CLP's u rule moves the threshold to u = 3
-    assert at.select_slider(key="threshold").value == 3.0
+    assert threshold_slider(at).value == 3.0
     # Compare shows both runs of the same model in one table
     at.switch_page("views/compare.py").run()
     assert len(at.dataframe[0].value) == 2
@@ -204,7 +218,7 @@ def test_threshold_slider_reads_precomputed_points_only(runs, monkeypatch):
     make_run(runs, "20260101-000000-anp-cnn_badnets-aaaa")
     at = app().run()
     at.switch_page("views/explore.py").run()
-    slider = at.select_slider(key="threshold")
+    slider = threshold_slider(at)
     assert slider.value == 0.2  # the defense's own cut
     before = (metric(at, "ACC after pruning"), metric(at, "Neurons pruned"))
 
@@ -216,7 +230,7 @@ def test_threshold_slider_reads_precomputed_points_only(runs, monkeypatch):
     monkeypatch.setattr(defenses.evaluation, "evaluate", no_evaluation)
     monkeypatch.setattr(defenses.evaluation, "sweep", no_evaluation)
     t0 = time.perf_counter()
-    at.select_slider(key="threshold").set_value(0.95).run()
+    threshold_slider(at).set_value(0.95).run()
     elapsed = time.perf_counter() - t0
     no_exception(at, "explore")
     after = (metric(at, "ACC after pruning"), metric(at, "Neurons pruned"))
@@ -229,21 +243,22 @@ def test_threshold_slider_reads_precomputed_points_only(runs, monkeypatch):
     # the choice survives a trip to another page
     at.switch_page("views/learn.py").run()
     at.switch_page("views/explore.py").run()
-    assert at.select_slider(key="threshold").value == 0.95
+    assert threshold_slider(at).value == 0.95
 
 
 def test_trigger_free_aids_move_the_threshold(runs):
     make_run(runs, "20260101-000000-anp-cnn_badnets-aaaa")
     at = app().run()
     at.switch_page("views/explore.py").run()
+    open_tab(at, "Triage without the trigger")
     at.slider(key="budget").set_value(0.5).run()
     at.button(key="use_budget").click().run()
     no_exception(at, "explore")
     sweep = json.loads((runs / "20260101-000000-anp-cnn_badnets-aaaa" / "sweep.json").read_text())["threshold"]
     ok = [r for r in sweep if r["acc"] >= 0.99 - 0.005]
-    assert at.select_slider(key="threshold").value == max(ok, key=lambda r: r["n_pruned"])["threshold"]
+    assert threshold_slider(at).value == max(ok, key=lambda r: r["n_pruned"])["threshold"]
     at.button(key="use_gap").click().run()  # the planted neurons sit far below the rest
-    assert at.select_slider(key="threshold").value in (0.1, 0.15)  # nearest grid point to the gap cut (0.1)
+    assert threshold_slider(at).value in (0.1, 0.15)  # nearest grid point to the gap cut (0.1)
     assert any("flags label(s) 0" in s.value for s in at.success)  # RNP's flagged label, no trigger needed
 
 
@@ -312,17 +327,18 @@ def test_main_flow_sample_defend_watch_explore(runs):
     assert status["state"] == "done", status
     at.run()
     no_exception(at, "defend finished")
-    assert any("finished" in s.value for s in at.success)
+    assert at.get("progress")[0].proto.text == "done"  # one status word
+    assert metric(at, "ASR at the defense's own cut")  # the finished run's result, not only its baseline
     # a real link to Explore, not the plain-text fallback that a wrong page path falls back to
     assert [p.proto.page for p in at.get("page_link")] == ["explore"]
     at.switch_page("views/explore.py").run()
     no_exception(at, "explore")
     assert at.selectbox(key="explore_run").value == run_id
-    options = at.select_slider(key="threshold").options
+    options = threshold_slider(at).options
     assert len(options) == 20
-    at.select_slider(key="threshold").set_value(0.0).run()
+    threshold_slider(at).set_value(0.0).run()
     low = (metric(at, "ACC after pruning"), metric(at, "ASR after pruning (test trigger)"), metric(at, "Neurons pruned"))
-    at.select_slider(key="threshold").set_value(0.95).run()
+    threshold_slider(at).set_value(0.95).run()
     high = (metric(at, "ACC after pruning"), metric(at, "ASR after pruning (test trigger)"), metric(at, "Neurons pruned"))
     assert low != high
     print(f"\ncold start to the first chart (AppTest, Model page, default sample): {first_chart:.1f} s")
@@ -361,17 +377,6 @@ def test_bad_hyperparameter_is_one_sentence_and_start_is_disabled(runs):
     assert len(at.error) == 1 and one_sentence(at.error[0].value), at.error[0].value
     assert "batch_size" in at.error[0].value
     assert at.button(key="start").disabled
-
-
-def test_every_defense_in_the_registry_gets_widgets(runs):
-    from defenses.base import all_defenses
-
-    at = app().run()
-    at.switch_page("views/defend.py").run()
-    for name in all_defenses():
-        at.selectbox(key="defense").set_value(name).run()
-        no_exception(at, f"defend {name}")
-        assert not at.error, f"{name}: {[e.value for e in at.error]}"
 
 
 # ---------------------------------------------------------------- bad uploads
@@ -468,7 +473,9 @@ def choice_error(tmp_path, state, **spec) -> str:
 
 def test_wrong_architecture_classes_and_channels(tmp_path):
     vgg = build_model("vgg11_bn", 10, 1, 28, width=0.125).state_dict()
-    assert "does not fit this architecture" in choice_error(tmp_path, vgg)
+    msg = choice_error(tmp_path, vgg)
+    assert "does not fit this architecture" in msg
+    assert "its parameter names fit vgg11_bn (another width)" in msg  # tried, and named
     assert "43 classes" in choice_error(tmp_path, cnn_state(classes=43))
     msg = choice_error(tmp_path, cnn_state(channels=3))  # a colour model on grayscale digits
     assert "features.0.weight (32, 3, 3, 3) vs (32, 1, 3, 3)" in msg
@@ -575,6 +582,7 @@ def test_defend_page_sends_the_oracle_choice_and_explore_draws_it(runs):
     assert "oracle_chart" in [c.key for c in at.get("plotly_chart")]
     text = " ".join(c.value for c in at.caption)
     assert "under 5% with 3 neurons" in text and "this defense prunes 2 of those 3" in text, text
+    open_tab(at, "Suspicious neurons & export")
     table = at.dataframe[0].value
     marked = set(zip(table.loc[table["in the oracle's cut"], "layer"], table.loc[table["in the oracle's cut"], "index"]))
     assert {("features.8", 3), ("classifier.2", 7)} <= marked

@@ -40,7 +40,7 @@ def test_loss_curve_one_line_per_loss_metric():
              for i in range(1, 6)]
     fig = figures.loss_curve(steps)
     assert len(fig.data) == 2  # the two losses; accuracy is not a loss
-    assert names(fig) == ["anp loss", "anp natural_loss"]
+    assert names(fig) == ["ANP loss", "ANP natural loss"]  # legends in words, not config keys
     assert list(fig.data[0].x) == [1, 2, 3, 4, 5]
     assert fig.data[0].y[1] == pytest.approx(0.5)
     assert fig.layout.xaxis.title.text == "step" and fig.layout.yaxis.title.text == "loss"
@@ -196,7 +196,7 @@ def test_trigger_grid_three_rows_per_label_plus_truth():
     fig = figures.trigger_grid([0, 1, 2], masks, patterns, flagged=[1], true_mask=masks[1], true_pattern=patterns[1])
     assert len(fig.data) == 3 * (k + 1)
     titles = [a.text for a in fig.layout.annotations]
-    assert "★ label 1" in titles and "label 0" in titles and "true trigger" in titles
+    assert "★1" in titles and "0" in titles and "true" in titles  # short: eleven columns fit at 1000 px
     assert {"mask M", "pattern P", "M × P"} <= set(titles)
     # row 3 is M x P
     mp = np.asarray(fig.data[3 * 1 + 2].z)

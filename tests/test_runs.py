@@ -37,7 +37,7 @@ def test_a_run_writes_every_artefact(tmp_path):
     events = read_events(run_dir)
     kinds = [e["type"] for e in events]
     assert kinds.count("begin") >= 1 and "baseline" in kinds and "probe" in kinds and kinds[-1] == "stage"
-    assert [s for s, _ in list_snapshots(run_dir)] == [4, 8]
+    assert [s for s, _ in list_snapshots(run_dir)] == [4, 8, 12]  # the final masks too
     scores = load_tensors(run_dir / "scores.safetensors")
     result = read_json(run_dir / "result.json")
     assert set(scores) == {l["name"] for l in result["layers"]}

@@ -39,7 +39,7 @@ for run_id in chosen:
     b, d = run.result.get("baseline", {}), run.result.get("default", {})
     thr = run.result.get("threshold")
     table.append({"run": run_id, "defense": run.defense,
-                  "default cut": thr if isinstance(thr, (int, float)) else "per layer",
+                  "default cut": f"{thr:g}" if isinstance(thr, (int, float)) else "per layer",  # one type per column (Arrow)
                   "neurons pruned": d.get("n_pruned"), "ACC before": fmt_rate(b.get("acc")),
                   "ACC after": fmt_rate(d.get("acc")), "ASR before": fmt_rate(b.get("asr")),
                   "ASR after": fmt_rate(d.get("asr")),

@@ -4,8 +4,8 @@ import torch
 
 from dashboard import cache, figures
 from dashboard.common import RECOVERED_ON, USER_ERRORS, current_choice, fmt_rate, page_link, show_error
-from dashboard.config_form import render, widget_key
-from dashboard.rundata import describe_run, live_view, run_path, runs_dir
+from dashboard.config_form import below_paper, field_label, render, widget_key
+from dashboard.rundata import describe_run, finished_cut, live_score_label, live_view, run_path, runs_dir, status_line
 from defenses.base import all_defenses, config_from_dict
 from defenses.runs import RECOVER_ON, RunRequest, cancel_run, list_runs, start_run
 from defenses.trigger_recovery import TriggerRecoveryConfig
@@ -25,24 +25,30 @@ info = defenses[name]
 st.caption(info.summary + ("" if info.needs_data else " It needs no data."))
 
 
-def _use_quick(defense: str, quick: dict) -> None:
-    for field, value in quick.items():
+def _use_preset(defense: str, preset: dict) -> None:
+    for field, value in preset.items():
         st.session_state[widget_key(defense, field)] = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) \
             else value
 
 
-quick = getattr(info, "quick", None) or {}
 params = None
 with st.expander("Hyperparameters (defaults are the paper's)", expanded=True):
-    if quick:
-        st.button(f"Use a quick demo budget ({', '.join(f'{k}={v}' for k, v in quick.items())})", key="quick",
-                  on_click=_use_quick, args=(name, quick))
+    if info.demo:
+        st.button(f"Use the demo budget ({', '.join(f'{field_label(k).lower()} {v}' for k, v in info.demo.items())})",
+                  key="demo", on_click=_use_preset, args=(name, info.demo), icon=":material/bolt:")
+    if info.demo_note:
+        st.caption(info.demo_note)
     try:
         params = render(name, info.config_cls)
         config_from_dict(info.config_cls, params)  # one sentence now rather than a failed run later
     except USER_ERRORS as e:
         show_error(e)
         params = None
+    lower = below_paper(info.config_cls, params or {})
+    if lower:
+        st.info(f"This budget is below the paper's ({'; '.join(lower)}): results can differ from the published "
+                "ones, and the defense's own cut may miss the backdoor; the sweep on Explore shows every cut.",
+                icon=":material/speed:")
 
 c1, c2, c3 = st.columns([1, 2, 1])
 devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
@@ -65,6 +71,9 @@ with c2:
         recovery_params["lam"] = float(s3.number_input(
             "Mask size weight λ", min_value=0.0, max_value=100.0, value=nc.lam, step=0.005, format="%.4f",
             key="recovery_lam", help="Weight of the mask's L1 norm: larger keeps recovered triggers smaller."))
+        if recovery_params["steps"] < nc.steps:
+            st.caption(f":material/warning: {recovery_params['steps']} steps per label is below Neural Cleanse's "
+                       f"{nc.steps}: an unfinished trigger can flag the wrong label, or none.")
     if recover and name == "rnp":
         recover_on = st.radio("Recover it on", RECOVER_ON, horizontal=True, key="recover_on",
                               format_func=RECOVERED_ON.get,
@@ -79,12 +88,18 @@ with c2:
              "defense does; the Explore page then draws this defense's sweep against the best pruning could do. "
              "About as slow as 400 ANP iterations." if trigger_known else "Needs the trigger, which this model "
              "has none on record for.")
-if c3.button("Start", type="primary", key="start", disabled=params is None, width="stretch"):
+request, refusal = None, None
+if params is not None:
+    request = RunRequest(defense=name, params=params, model=choice["model"], data=choice["data"],
+                         trigger=choice.get("trigger"), device=device, recover_triggers=recover, recover_on=recover_on,
+                         recovery_params=recovery_params, oracle=oracle and trigger_known, label=choice["label"])
+    # the command line's preflight, before anything starts: a run the worker would refuse never starts
+    refusal = cache.preflight_message(cache.request_key(request))
+    if refusal:
+        st.error(refusal, icon=":material/block:")
+if c3.button("Start", type="primary", key="start", disabled=request is None or refusal is not None, width="stretch",
+             help=refusal):
     try:
-        request = RunRequest(defense=name, params=params, model=choice["model"], data=choice["data"],
-                             trigger=choice.get("trigger"), device=device, recover_triggers=recover,
-                             recover_on=recover_on, recovery_params=recovery_params, oracle=oracle and trigger_known,
-                             label=choice["label"])
         run_dir = start_run(request, runs_dir())
         st.session_state["run_id"] = run_dir.name
         st.toast(f"Started {run_dir.name}")
@@ -102,48 +117,59 @@ ids = [r["run_id"] for r in runs]
 by_id = {r["run_id"]: r for r in runs}
 current = st.session_state.get("run_id")
 watched = st.selectbox("Run to watch (newest first; runs started from the command line are here too)", ids,
-                       index=ids.index(current) if current in ids else 0, format_func=lambda i: describe_run(by_id[i]))
-st.session_state["run_id"] = watched
+                       index=ids.index(current) if current in ids else 0, format_func=lambda i: describe_run(by_id[i], state=False))
+st.session_state["run_id"] = watched  # its state is the one status line below, kept live
 
 
 def draw(run_id: str) -> bool:
-    """Redraw the live charts from the run folder; returns whether the run has ended."""
+    """Redraw the live charts from the run folder; returns whether the run has ended. A chart is
+    drawn only once it has data (no empty axes for a defense without losses or snapshots)."""
     run_dir = run_path(run_id)
     view = live_view(run_dir)
     done = view.state == "done"
-    label = f"{view.state} · {view.stage}" + (f" · {view.step_stage} {view.step}/{view.total}" if view.total else "")
-    st.progress(1.0 if done else view.fraction, text=label)
+    st.progress(1.0 if done else view.fraction, text=status_line(view))
     if view.state == "failed":
         st.error(f"The run failed: {view.error or 'no reason recorded'}")
     elif view.state == "cancelled":
         st.warning("The run was cancelled." + (" Its sweep was finished first: explore it." if
                                                (run_dir / "sweep.json").exists() else ""))
-    elif done:
-        st.success("The run is finished.")
-        page_link("views/explore.py", "Explore it →", "🔎")
     if not view.finished and st.button("Cancel the run", key="cancel"):
         cancel_run(run_dir)
         st.toast("Cancel sent; the worker stops at its next step.")
-    if view.baseline:
-        b1, b2, _ = st.columns([1, 1, 2])
-        b1.metric("Baseline ACC", fmt_rate(view.baseline["acc"]))
-        b2.metric("Baseline ASR", fmt_rate(view.baseline["asr"]))
-    left, right = st.columns(2)
-    with left:
-        st.plotly_chart(figures.loss_curve(view.defense_steps), key="live_loss")
-    with right:
-        snaps = {}
-        if view.snapshots:
-            first, last = view.snapshots[0], view.snapshots[-1]
-            snaps[f"step {first}"] = _flat(cache.snapshot(str(run_dir), first))
-            if last != first:
-                snaps[f"step {last}"] = _flat(cache.snapshot(str(run_dir), last))
-        if snaps:
-            st.plotly_chart(figures.snapshot_histogram(snaps, _default_cut(by_id.get(run_id))), key="live_hist")
-        else:
-            st.caption("Score snapshots appear here while the defense runs (this defense may write none).")
-    if view.probes:
-        st.plotly_chart(figures.probe_figure(view.probes), key="live_probes")
+    cut = finished_cut(run_dir) if view.finished else None
+    if view.baseline or cut:
+        b1, b2, b3, b4 = st.columns(4)
+        if view.baseline:
+            b1.metric("Baseline ACC", fmt_rate(view.baseline["acc"]))
+            b2.metric("Baseline ASR", fmt_rate(view.baseline["asr"]))
+        if cut:
+            b3.metric("ACC at the defense's own cut", fmt_rate(cut["acc"]), help=f"{cut['n_pruned']} neurons pruned.")
+            b4.metric("ASR at the defense's own cut", fmt_rate(cut["asr"]), help=f"{cut['n_pruned']} neurons pruned.")
+    if cut:
+        st.caption(f"The defense's own cut prunes {cut['n_pruned']} neurons; every other cut is on Explore.")
+        page_link("views/explore.py", "Explore it →", ":material/query_stats:")
+    loss = figures.loss_curve(view.defense_steps)
+    snaps = {}
+    if view.snapshots:
+        first, last = view.snapshots[0], view.snapshots[-1]
+        snaps[f"step {first}"] = _flat(cache.snapshot(str(run_dir), first))
+        if last != first:
+            snaps[f"step {last}"] = _flat(cache.snapshot(str(run_dir), last))
+    probes = figures.probe_figure(view.probes) if view.probes else None
+    charts = [c for c in (
+        ("live_loss", loss if loss.data else None),
+        ("live_hist", figures.snapshot_histogram(snaps, _default_cut(by_id.get(run_id)),
+                                                 live_score_label(by_id.get(run_id, {}).get("config", {}).get("defense")))
+         if snaps else None),
+        ("live_probes", probes if probes is not None and probes.data else None)) if c[1] is not None]
+    if charts:
+        for col, (key, fig) in zip(st.columns(2), charts[:2]):
+            with col:
+                st.plotly_chart(fig, key=key)
+        for key, fig in charts[2:]:
+            st.plotly_chart(fig, key=key)
+    elif not view.finished:
+        st.caption("The live charts appear with the defense's first steps.")
     return view.finished
 
 

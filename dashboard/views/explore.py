@@ -19,8 +19,9 @@ if not runs:
     st.stop()
 ids = [r["run_id"] for r in runs]
 by_id = {r["run_id"]: r for r in runs}
+url_run, url_t = st.query_params.get("run"), st.query_params.get("t")  # a link or a reload: ?run=ID&t=0.3
 if st.session_state.get("explore_run") not in ids:  # first visit, or the widget was cleared by a page switch
-    st.session_state["explore_run"] = st.session_state.get("run_id") if st.session_state.get("run_id") in ids else ids[0]
+    st.session_state["explore_run"] = next((i for i in (url_run, st.session_state.get("run_id")) if i in ids), ids[0])
 run_id = st.selectbox("Run", ids, key="explore_run", format_func=lambda i: rundata.describe_run(by_id[i]))
 st.session_state["run_id"] = run_id
 
@@ -44,38 +45,50 @@ st.caption(f"{res.get('title', '')} · {run.defense} · scores: {rundata.score_l
 # ---------------------------------------------------------------- the threshold
 
 
+# One source of truth per run: the slider's own state (one key per run, so switching runs never
+# carries a grid point of one run over to another), mirrored into the session's saved thresholds
+# (kept across pages) and the URL (kept across a reload). The metrics and the export read the
+# value the slider returns, never a second copy.
+THRESHOLD_KEY = f"threshold_{run_id}"
+
+
+def _remember(t: float) -> None:
+    save_threshold(run_id, t)
+    st.query_params["run"], st.query_params["t"] = run_id, f"{t:g}"
+
+
 def _set_threshold(value) -> None:
     """Snap any proposed threshold (a click, an aid) to the precomputed grid and move the slider."""
     if value is None:
         return
     t = rundata.nearest(options, float(value))
-    st.session_state["threshold"] = t
-    save_threshold(run_id, t)
+    st.session_state[THRESHOLD_KEY] = t
+    _remember(t)
 
 
 def _on_click(chart_key: str) -> None:
     _set_threshold(rundata.threshold_from_selection(st.session_state.get(chart_key)))
 
 
-if st.session_state.get("threshold") not in options:
-    st.session_state["threshold"] = saved_threshold(run_id) if saved_threshold(run_id) in options \
-        else rundata.default_threshold(run)
+if st.session_state.get(THRESHOLD_KEY) not in options:
+    st.session_state[THRESHOLD_KEY] = rundata.starting_threshold(run, saved_threshold(run_id),
+                                                                 url_t if url_run == run_id else None)
 rows_by_t = {r["threshold"]: r for r in run.rows}
 threshold = st.select_slider(
-    f"Threshold ({units_name}); the ACC/ASR below are the precomputed sweep point", options=options, key="threshold",
-    format_func=lambda t: f"{t:g} · {rows_by_t[t]['n_pruned']} pruned",
-    on_change=lambda: save_threshold(run_id, st.session_state["threshold"]))
-save_threshold(run_id, threshold)
+    f"Threshold ({units_name}); the ACC/ASR below are the precomputed sweep point", options=options, key=THRESHOLD_KEY,
+    format_func=lambda t: f"{t:g} · {rows_by_t[t]['n_pruned']} pruned")
+_remember(threshold)
 row = rundata.row_at(run.rows, threshold)
 base = res.get("baseline", {})
 m1, m2, m3, m4 = st.columns(4)
-m1.metric("ACC after pruning", fmt_rate(row["acc"]),
-          delta=None if base.get("acc") is None else f"{100 * (row['acc'] - base['acc']):+.1f} pts")
-asr_delta = None if not run.asr_known or base.get("asr") is None else f"{100 * (row['asr'] - base['asr']):+.1f} pts"
-m2.metric("ASR after pruning (test trigger)", fmt_rate(row["asr"]), delta=asr_delta, delta_color="inverse")
+acc_delta = rundata.points_delta(row["acc"], base.get("acc"))
+m1.metric("ACC after pruning", fmt_rate(row["acc"]), delta=acc_delta, delta_color="normal" if rundata.is_change(acc_delta) else "off")
+asr_delta = rundata.points_delta(row["asr"], base.get("asr")) if run.asr_known else None
+m2.metric("ASR after pruning (test trigger)", fmt_rate(row["asr"]), delta=asr_delta,
+          delta_color="inverse" if rundata.is_change(asr_delta) else "off")
 m3.metric("Neurons pruned", f"{row['n_pruned']} / {sum(v.size for v in run.scores.values())}")
 d = res.get("default", {})
-m4.metric("Defense's own cut", f"{fmt_rate(d.get('acc'))} / {fmt_rate(d.get('asr'))}",
+m4.metric("Own cut: ACC / ASR", f"{rundata.fmt_points(d.get('acc'))} / {rundata.fmt_points(d.get('asr'))} %",
           help=f"ACC / ASR at the defense's default cut ({d.get('n_pruned')} neurons); before pruning: "
                f"{fmt_rate(base.get('acc'))} / {fmt_rate(base.get('asr'))}.")
 
@@ -85,10 +98,7 @@ def _oracle_overlap(run, threshold) -> str:
             f"neurons marks them)." if wanted else "")
 
 
-tab_sweep, tab_scores, tab_aids, tab_export = st.tabs(
-    ["Sweep", "Scores", "Triage without the trigger", "Suspicious neurons & export"])
-
-with tab_sweep:
+def _sweep_tab():
     st.caption("Red dashed curves use the **test ASR**, which needs the attacker's trigger: a real defender cannot "
                "draw them. The aids that need no trigger are on the *Triage* tab.")
     left, right = st.columns(2)
@@ -112,13 +122,17 @@ with tab_sweep:
                     if cut else "No count in its sweep brings ASR under 5%: this backdoor resists pruning.") +
                    _oracle_overlap(run, threshold))
 
-with tab_scores:
+def _scores_tab():
     kind = st.radio("Show as", ["histogram", "violin", "ecdf"], horizontal=True, key="dist_kind")
     layers = list(run.scores)
-    chosen = st.multiselect("Layers", layers, default=layers, key="dist_layers")
-    units = rundata.sweep_units(run.scores, run.suspicious)
-    st.plotly_chart(figures.score_distribution({k: units[k] for k in chosen}, kind, threshold,
-                                               rundata.score_label(run.suspicious)), key="dist_chart")
+    # one key per run: a run's layer names are not another's, and a stale choice would leave it empty
+    chosen = st.multiselect("Layers", layers, default=layers, key=f"dist_layers_{run_id}")
+    if not chosen:
+        st.caption("Choose at least one layer to draw its scores.")
+    else:
+        units = rundata.sweep_units(run.scores, run.suspicious)
+        st.plotly_chart(figures.score_distribution({k: units[k] for k in chosen}, kind, threshold,
+                                                   rundata.score_label(run.suspicious)), key="dist_chart")
     density = (res.get("extras") or {}).get("density")
     if density:
         st.markdown("**Hölder-constant density per layer, with the cut the defense chose** "
@@ -128,7 +142,7 @@ with tab_scores:
         st.plotly_chart(figures.density_figure(dd["x"], dd["y"], dd.get("cut"), dd.get("rule", ""),
                                                run.scores.get(layer), layer), key="density_chart")
 
-with tab_aids:
+def _aids_tab():
     st.caption("A real defender does not know the trigger. These aids choose a cut from the scores and the clean "
                "accuracy alone; **Use** moves the threshold to the nearest precomputed point.")
     a1, a2 = st.columns(2)
@@ -168,12 +182,17 @@ with tab_aids:
         else:
             st.info(f"Trigger recovery flags no label (largest anomaly index {aid['anomaly']:.2f} for label "
                     f"{aid['most_anomalous']}, threshold 2).")
-        page_link("views/triggers.py", "See the recovered triggers →", "🎯")
+        short = rundata.short_recovery_warning(run.recovery)
+        if short:
+            st.warning(short, icon=":material/warning:")
+        page_link("views/triggers.py", "See the recovered triggers →", ":material/target:")
 
-with tab_export:
+def _export_tab():
     top = st.slider("How many neurons", 5, 100, 20, 5, key="top_n")
     table = rundata.suspicious_table(run, threshold, top)
-    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch",
+                 column_config={"score": st.column_config.NumberColumn("score", format="%.4f"),
+                                "u": st.column_config.NumberColumn("u", format="%.2f")})
     manifest = rundata.manifest(run, threshold)
     e1, e2 = st.columns(2)
     stem = f"{run_id}-t{threshold:g}"
@@ -184,3 +203,13 @@ with tab_export:
                        data=json.dumps(manifest, indent=1), file_name=f"{stem}.json", mime="application/json")
     st.caption(f"The manifest lists the {manifest['n_pruned']} pruned neurons with their scores, the rule and the "
                "ACC/ASR before and after; the model file carries it in its metadata too.")
+
+
+# Only the open tab runs (lazy tabs): a slider step redraws the charts the user sees, not all four
+# tabs' (measured in tests/test_browser.py). Its key keeps the open tab across reruns.
+TABS = {"Sweep": _sweep_tab, "Scores": _scores_tab, "Triage without the trigger": _aids_tab,
+        "Suspicious neurons & export": _export_tab}
+for tab, draw_tab in zip(st.tabs(list(TABS), key="explore_tab", on_change="rerun"), TABS.values()):
+    with tab:
+        if tab.open:
+            draw_tab()

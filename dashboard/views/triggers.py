@@ -43,19 +43,28 @@ with left:
                     key="anomaly_chart")
 with right:
     asr = rec.get("asr_on_original") or [None] * len(rec["labels"])
-    st.dataframe([{"label": t, "mask L1": round(rec["l1"][i], 1), "anomaly index": round(rec["anomaly"][i], 2),
-                   "flagged": t in rec["flagged"], "flips the original model": fmt_rate(asr[i])}
-                  for i, t in enumerate(rec["labels"])], hide_index=True, width="stretch")
+    # short column names: the whole table fits beside the chart at 1000 px
+    st.dataframe([{"label": t, "L1": round(rec["l1"][i], 1), "anomaly": round(rec["anomaly"][i], 2),
+                   "flagged": t in rec["flagged"], "flips orig.": fmt_rate(asr[i])}
+                  for i, t in enumerate(rec["labels"])], hide_index=True, width="stretch",
+                 column_config={"L1": st.column_config.NumberColumn("L1", help="The recovered mask's size (L1 norm)."),
+                                "flips orig.": st.column_config.TextColumn(
+                                    "flips orig.", help="How often the recovered trigger flips the original model "
+                                                        "to this label.")})
+short = rundata.short_recovery_warning(rec)
+if short:
+    st.warning(short, icon=":material/warning:")
 
 st.subheader("Where the model looks, before and after pruning")
 c1, c2 = st.columns([1, 3])
 method = c1.radio("Attribution", METHODS, key="attr_method")
 options = run.thresholds
 start = saved_threshold(run_id) if saved_threshold(run_id) in options else rundata.default_threshold(run)
-if st.session_state.get("attr_threshold") not in options:
-    st.session_state["attr_threshold"] = start
+attr_key = f"attr_threshold_{run_id}"  # one per run, as on Explore: a grid point of one run is not another's
+if st.session_state.get(attr_key) not in options:
+    st.session_state[attr_key] = start
 rows_by_t = {r["threshold"]: r for r in run.rows}
-threshold = c2.select_slider("Pruned at threshold", options=options, key="attr_threshold",
+threshold = c2.select_slider("Pruned at threshold", options=options, key=attr_key,
                              format_func=lambda t: f"{t:g} · {rows_by_t[t]['n_pruned']} pruned")
 save_threshold(run_id, threshold)
 try:

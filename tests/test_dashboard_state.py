@@ -1,0 +1,191 @@
+"""The dashboard's state across run switches, reloads and pages (AppTest), the Defend page's preflight
+and demo budget, and the live view's status and charts. A reload is a fresh AppTest given the URL's
+query parameters, as a browser would send them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dashboard import rundata
+from defenses.base import all_defenses, config_from_dict
+from test_dashboard_app import (app, make_run, metric, no_exception, one_sentence, open_tab, runs,  # noqa: F401 (fixture)
+                                threshold_slider)
+
+ANP_RUN = "20260101-000000-anp-cnn_badnets-aaaa"
+CLP_RUN = "20260101-000001-clp-cnn_badnets-bbbb"
+
+
+@pytest.fixture
+def two_runs(runs):
+    make_run(runs, ANP_RUN)
+    make_run(runs, CLP_RUN, defense="clp", suspicious="high", triggers=False)
+    return runs
+
+
+def shown(at) -> tuple[str, str, str]:
+    """The slider's label for its value, and the metrics under it."""
+    s = threshold_slider(at)
+    rows = {r["threshold"]: r for r in json.loads((rundata.run_path(at.session_state["explore_run"]) /
+                                                   "sweep.json").read_text())["threshold"]}
+    return f"{s.value:g} · {rows[s.value]['n_pruned']} pruned", metric(at, "Neurons pruned"), metric(at, "ACC after pruning")
+
+
+def agrees(at) -> None:
+    """The slider, the metrics and the export all describe the same sweep point."""
+    label, pruned, acc = shown(at)
+    n = int(label.split("· ")[1].split()[0])
+    assert pruned.startswith(f"{n} /"), (label, pruned)
+    row = rundata.row_at(rundata.load_finished(rundata.run_path(at.session_state["explore_run"])).rows,
+                         threshold_slider(at).value)
+    assert acc == f"{100 * row['acc']:.1f}%"
+    open_tab(at, "Suspicious neurons & export")
+    assert threshold_slider(at).value == row["threshold"]  # opening a tab moves nothing
+    assert any(f"lists the {n} pruned neurons" in c.value for c in at.caption), "the export follows the slider"
+    open_tab(at, "Sweep")
+
+
+def test_switching_runs_and_reloading_keep_slider_metrics_and_export_together(two_runs):
+    at = app().run()
+    at.switch_page("views/explore.py").run()
+    at.selectbox(key="explore_run").set_value(ANP_RUN).run()
+    assert threshold_slider(at).value == 0.2  # ANP's own cut
+    threshold_slider(at).set_value(0.95).run()
+    agrees(at)
+    at.selectbox(key="explore_run").set_value(CLP_RUN).run()
+    no_exception(at, "explore clp")
+    assert threshold_slider(at).value == 3.0  # CLP's own u, not ANP's grid point carried over
+    agrees(at)
+    at.selectbox(key="explore_run").set_value(ANP_RUN).run()
+    assert threshold_slider(at).value == 0.95  # the choice made for this run is kept
+    agrees(at)
+    assert at.query_params["run"] == ANP_RUN and at.query_params["t"] == "0.95"
+
+    reloaded = app()  # a reload: a new session with the URL's query parameters
+    reloaded.query_params["run"], reloaded.query_params["t"] = ANP_RUN, "0.95"
+    reloaded.run()
+    reloaded.switch_page("views/explore.py")
+    reloaded.query_params["run"], reloaded.query_params["t"] = ANP_RUN, "0.95"
+    reloaded.run()
+    no_exception(reloaded, "explore reloaded")
+    assert reloaded.selectbox(key="explore_run").value == ANP_RUN
+    assert threshold_slider(reloaded).value == 0.95
+    agrees(reloaded)
+
+
+def test_a_hand_edited_threshold_in_the_url_falls_back_to_the_defense_cut(two_runs):
+    at = app()
+    at.switch_page("views/explore.py")
+    at.query_params["run"], at.query_params["t"] = CLP_RUN, "lots"
+    at.run()
+    no_exception(at, "explore bad t")
+    assert threshold_slider(at).value == 3.0
+    agrees(at)
+
+
+def test_scores_tab_opens_with_every_layer_chosen(two_runs):
+    at = app().run()
+    at.switch_page("views/explore.py").run()
+    open_tab(at, "Scores")
+    for run_id in (ANP_RUN, CLP_RUN):
+        at.selectbox(key="explore_run").set_value(run_id).run()
+        layers = list(rundata.load_finished(rundata.run_path(run_id)).scores)
+        assert at.multiselect(key=f"dist_layers_{run_id}").value == layers
+        assert not any("Choose at least one layer" in c.value for c in at.caption)
+
+
+def test_sidebar_names_the_model_just_chosen(runs):
+    at = app().run()
+    at.selectbox(key="sample").set_value("cnn_clean").run()
+    captions = [c.value for c in at.sidebar.caption]
+    assert any("Model for new runs" in c and "(cnn_clean)" in c for c in captions), captions
+    assert at.query_params["sample"] == "cnn_clean"
+    reloaded = app()
+    reloaded.query_params["sample"] = "cnn_clean"
+    reloaded.run()
+    assert reloaded.selectbox(key="sample").value == "cnn_clean"  # the choice survives a reload
+
+
+def test_explore_sidebar_names_the_run_shown(two_runs):
+    at = app().run()
+    at.switch_page("views/explore.py").run()
+    at.selectbox(key="explore_run").set_value(CLP_RUN).run()
+    assert any(CLP_RUN in c.value for c in at.sidebar.caption)
+
+
+# ---------------------------------------------------------------- the Defend page
+
+
+def test_holder_without_a_head_is_refused_before_it_starts(runs):
+    at = app().run()
+    at.switch_page("views/defend.py").run()
+    at.selectbox(key="defense").set_value("holder").run()
+    no_exception(at, "defend holder")
+    assert len(at.error) == 1 and one_sentence(at.error[0].value), [e.value for e in at.error]
+    assert "MLP head" in at.error[0].value
+    assert at.button(key="start").disabled
+    assert not list(runs.iterdir())  # nothing started, nothing to clutter the run lists
+
+
+def test_every_defense_in_the_registry_gets_labelled_widgets(runs):
+    at = app().run()
+    at.switch_page("views/defend.py").run()
+    for name, info in all_defenses().items():
+        at.selectbox(key="defense").set_value(name).run()
+        no_exception(at, f"defend {name}")
+        labels = [w.label for w in at.number_input] + [w.label for w in at.text_input]
+        assert not any("_" in lab for lab in labels), (name, labels)  # words, not config keys
+        if name == "holder":
+            continue  # refused on the default sample (the test above)
+        assert not at.error, f"{name}: {[e.value for e in at.error]}"
+        assert not at.button(key="start").disabled
+
+
+@pytest.mark.parametrize("name", [n for n, i in all_defenses().items() if i.demo])
+def test_demo_button_sets_the_demo_budget_and_says_it_is_below_the_paper(runs, name):
+    info = all_defenses()[name]
+    config_from_dict(info.config_cls, info.demo)  # a valid config
+    at = app().run()
+    at.switch_page("views/defend.py").run()
+    at.selectbox(key="defense").set_value(name).run()
+    at.button(key="demo").click().run()
+    no_exception(at, f"defend demo {name}")
+    for field, value in info.demo.items():
+        assert at.session_state[f"cfg_{name}_{field}"] == value
+    assert any("below the paper's" in i.value for i in at.info), [i.value for i in at.info]
+    assert any("Tuned on the showcase" in c.value for c in at.caption)
+
+
+def test_a_finished_run_shows_its_own_cut_one_status_word_and_no_empty_charts(runs):
+    d = make_run(runs, CLP_RUN, defense="clp", suspicious="high", triggers=False)
+    events = [json.loads(line) for line in (d / "events.jsonl").read_text().splitlines()]
+    for ev in events:  # CLP's steps carry counts, not losses, and it writes no probes or snapshots
+        if ev["type"] == "step":
+            ev["metrics"] = {"scored": 1.0}
+    (d / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events if e["type"] not in ("probe",)))
+    for f in (d / "snapshots").iterdir():
+        f.unlink()
+    at = app().run()
+    at.switch_page("views/defend.py").run()
+    no_exception(at, "defend finished clp")
+    assert at.get("progress")[0].proto.text == "done"
+    assert metric(at, "ACC at the defense's own cut") and metric(at, "ASR at the defense's own cut")
+    assert not at.get("plotly_chart"), "no chart without data"
+    assert not any("appear" in c.value for c in at.caption)
+    links = at.get("page_link")
+    assert [p.proto.page for p in links] == ["explore"] and links[0].proto.icon == ":material/query_stats:"
+
+
+def test_status_line_is_one_word_and_what_the_run_does():
+    view = rundata.LiveView(state="running", error=None, stage="defense", step_stage="anp", step=9, total=150)
+    assert rundata.status_line(view) == "running · anp 9/150"
+    assert rundata.status_line(rundata.LiveView("done", None, "done", "sweep", 11, 11)) == "done"
+    assert rundata.status_line(rundata.LiveView("queued", None, "queued", "", 0, 0)) == "queued"
+    assert rundata.status_line(rundata.LiveView("running", None, "loading", "", 0, 0)) == \
+        "running · loading the model and data"
+
+
+def test_no_change_is_not_coloured():
+    assert rundata.points_delta(0.5, 0.5) == "±0.0 pts" and not rundata.is_change("±0.0 pts")
+    assert rundata.points_delta(0.51, 0.5) == "+1.0 pts" and rundata.is_change("+1.0 pts")
+    assert rundata.points_delta(float("nan"), 0.5) is None
