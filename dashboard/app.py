@@ -23,6 +23,7 @@ pages = [
     st.Page("views/model.py", title="Model", icon=":material/memory:", default=True),
     st.Page("views/defend.py", title="Defend", icon=":material/shield:"),
     st.Page("views/explore.py", title="Explore", icon=":material/query_stats:"),
+    st.Page("views/neuron.py", title="Neuron", icon=":material/hub:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("views/triggers.py", title="Triggers", icon=":material/target:"),
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),

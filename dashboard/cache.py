@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from . import rundata
+from . import liveview, rundata
 from .modelsetup import check_choice
 
 
@@ -101,7 +101,7 @@ def finished_run(run_id: str) -> rundata.FinishedRun:
 @st.cache_data(max_entries=256, show_spinner=False)
 def snapshot(path: str, step: int) -> dict[str, np.ndarray]:
     """One snapshot's scores (snapshot files never change once written)."""
-    return rundata.snapshot_scores(Path(path), step)
+    return liveview.snapshot_scores(Path(path), step)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -175,10 +175,11 @@ def attributions(run_id: str, threshold: float, method: str, n: int = 4) -> dict
         keep = (bundle.test.y != trigger.target).nonzero().flatten()
     idx = keep[:n]
     x = bundle.test.images(idx)
-    inputs, titles = [x], [f"clean, label {int(y)}" for y in bundle.test.y[idx]]
+    # short titles: eight columns at 1000 px leave about 60 px each
+    inputs, titles = [x], [f"clean {int(y)}" for y in bundle.test.y[idx]]
     if trigger is not None:
         inputs.append(trigger.apply(x))
-        titles += [f"triggered, label {int(y)}" for y in bundle.test.y[idx]]
+        titles += [f"trig. {int(y)}" for y in bundle.test.y[idx]]
     x_all = torch.cat(inputs)
     before_model, after_model = run_model(run), pruned_model(run, threshold)
     out = {"images": x_all.numpy(), "titles": titles}
@@ -209,3 +210,78 @@ def preflight_message(request_key: str) -> str | None:
 
 def request_key(request) -> str:
     return _key(request.to_dict())
+
+
+# ---------------------------------------------------------------- the neuron inspector
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def run_inputs(run_id: str):
+    """(the run's data bundle, its trigger or None), loaded once per run and shared read-only."""
+    from defenses.runs import load_data
+    from defenses.triggers import TriggerSpec
+
+    run = finished_run(run_id)
+    bundle = load_data(run.config["data"])
+    spec = run.result.get("trigger")
+    return bundle, (TriggerSpec.from_dict(spec).build(bundle.shape) if spec else None)
+
+
+@st.cache_data(max_entries=4, show_spinner="Reading every neuron's activation on the test split (once per run) ...")
+def neuron_activations(run_id: str) -> dict:
+    """Every neuron's activation on up to 1,000 test images, clean and triggered, and each
+    neuron's gap; one forward pass over them, then every card of the run reads from here."""
+    from defenses.inspector import activation_gap, layer_activations
+
+    run = finished_run(run_id)
+    bundle, trigger = run_inputs(run_id)
+    acts = layer_activations(run_model(run), _neuron_map(str(run.path), run), bundle.test, trigger)
+    keep = torch.arange(len(bundle.test))
+    if trigger is not None:
+        keep = (bundle.test.y != trigger.target).nonzero().flatten()
+    return {"acts": acts, "gaps": activation_gap(acts), "images": keep[:1000].numpy()}
+
+
+@st.cache_data(max_entries=32, show_spinner="Computing the neuron's maps ...")
+def neuron_maps(run_id: str, layer: str, index: int, method: str, image: int) -> dict:
+    """Feature maps and attributions of one neuron on one clean test image and its triggered
+    version (rows: clean, triggered)."""
+    from defenses.inspector import feature_maps, neuron_attribution
+
+    run = finished_run(run_id)
+    bundle, trigger = run_inputs(run_id)
+    x = bundle.test.images(torch.tensor([image]))
+    if trigger is not None:
+        x = torch.cat([x, trigger.apply(x)])
+    model = run_model(run)
+    out = {"images": x.numpy(), "feature": feature_maps(model, layer, index, x),
+           "attribution": neuron_attribution(model, layer, index, x, method)}
+    if trigger is not None:
+        mask = trigger.mask.numpy()
+        mask = mask.max(0) if mask.ndim == 3 else mask
+        a = out["attribution"][-1]
+        out["on_trigger"] = float((a * (mask > 0)).sum() / max(a.sum(), 1e-12))
+    return out
+
+
+def neuron_effect(run: rundata.FinishedRun, layer: str, index: int, threshold: float) -> dict:
+    """ACC/ASR with this neuron alone pruned and with the cut at ``threshold`` but this neuron
+    kept: two evaluations on the test split the first time, then read from the run folder
+    (``inspect/effects.json``), so a second look, in any session, is instant."""
+    from defenses.inspector import single_neuron_effect
+    from defenses.runs import read_json, write_json
+
+    path = run.path / "inspect" / "effects.json"
+    key = f"{layer}:{index}:{threshold:g}"
+    done = read_json(path, {}) or {}
+    if key not in done:
+        bundle, trigger = run_inputs(run.run_id)
+        sel = rundata.selected(rundata.sweep_units(run.scores, run.suspicious), threshold, run.suspicious)
+        cut = {k: torch.from_numpy(np.asarray(v)) for k, v in sel.items()}
+        got = single_neuron_effect(run_model(run), _neuron_map(str(run.path), run), layer, index, bundle.test,
+                                   trigger, cut, run.result.get("prune_rule", "gamma"))
+        done = read_json(path, {}) or {}  # another session may have added some meanwhile
+        done[key] = {k: {m: (None if v != v else v) for m, v in r.items()} for k, r in got.items()}
+        path.parent.mkdir(exist_ok=True)
+        write_json(path, done)
+    return done[key]

@@ -61,6 +61,25 @@ def keep_choice_in_url() -> None:
         del st.query_params["sample"]
 
 
+def pick_finished_run(key: str) -> str:
+    """The finished-run picker of Explore and Neuron: starts at the run in the URL (a link or a
+    reload), else the session's run, else the newest; stops the page, saying why, when there is none."""
+    from .rundata import describe_run, explorable_runs
+
+    runs = explorable_runs()
+    if not runs:
+        st.info("No finished run yet: start one on the Defend page (or `prunescope run` on the command line).")
+        st.stop()
+    ids = [r["run_id"] for r in runs]
+    by_id = {r["run_id"]: r for r in runs}
+    if st.session_state.get(key) not in ids:  # first visit, or the widget was cleared by a page switch
+        st.session_state[key] = next((i for i in (st.query_params.get("run"), st.session_state.get("run_id"))
+                                      if i in ids), ids[0])
+    run_id = st.selectbox("Run", ids, key=key, format_func=lambda i: describe_run(by_id[i]))
+    st.session_state["run_id"] = run_id
+    return run_id
+
+
 def show_error(e: BaseException) -> None:
     """One sentence in red; the app keeps running and keeps what it has."""
     st.error(user_message(e))
@@ -102,4 +121,4 @@ def sidebar() -> None:
 
 
 __all__ = ["USER_ERRORS", "APP_TITLE", "TAGLINE", "current_choice", "default_sample", "fmt_rate", "keep_choice_in_url",
-           "page_link", "sample_choice", "save_threshold", "saved_threshold", "show_error", "sidebar"]
+           "page_link", "pick_finished_run", "sample_choice", "save_threshold", "saved_threshold", "show_error", "sidebar"]

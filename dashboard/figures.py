@@ -31,12 +31,27 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7
 LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0)
 
 
+# The title sits just above the plot area, in a top margin tall enough that Plotly's toolbar (at the
+# very top right) and the title never share a line, at 1400 px and at 1000 px; titles are short
+# enough for half a 1000 px page.
+TOP = 84
+
+
+def _title(text: str) -> dict:
+    return dict(text=text, x=0.02, xref="container", xanchor="left", y=1, yref="paper", yanchor="bottom",
+                pad=dict(b=12))
+
+
+def _grid_title(text: str, height: int) -> dict:
+    """A title for a grid of panels with column titles (which sit where :func:`_title` would put
+    it): at the top of the figure, just below the toolbar, in the figure's own pixels."""
+    return dict(text=text, x=0.02, xref="container", xanchor="left", y=1 - 40 / height, yref="container",
+                yanchor="top")
+
+
 def _base(title: str, x_title: str, y_title: str, height: int = 360) -> go.Figure:
     fig = go.Figure()
-    # The title sits in a band below Plotly's toolbar (top right), not under it, at every width.
-    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", yref="container", y=1.0, yanchor="top",
-                                 pad=dict(t=34)),
-                      height=height, margin=dict(l=50, r=20, t=76, b=90), legend=LEGEND_BELOW)
+    fig.update_layout(title=_title(title), height=height, margin=dict(l=50, r=20, t=TOP, b=90), legend=LEGEND_BELOW)
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title)
     return fig
@@ -102,7 +117,7 @@ def snapshot_histogram(snapshots: Mapping[str, Sequence[float]], threshold: floa
 
 def probe_figure(probes: Sequence[Mapping]) -> go.Figure:
     """ACC and ASR of the model pruned at the default cut, probed at each snapshot."""
-    fig = _base("Pruned at the default cut, during the run", "step", "rate")
+    fig = _base("Pruned at the own cut, during the run", "step", "rate")
     probes = [p for p in probes if "acc" in p]
     steps = [p["step"] for p in probes]
     fig.add_trace(go.Scatter(x=steps, y=[p["acc"] for p in probes], mode="lines+markers", name="ACC",
@@ -196,8 +211,8 @@ def sweep_figure(rows: Sequence[Mapping], selected: float | None = None, x_title
     pruned on a second axis; the chosen threshold as a vertical line. Points carry their
     threshold in ``customdata`` so a click can select it."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.update_layout(title="Pruned model at each threshold (click a point to choose it)", height=430,
-                      margin=dict(l=50, r=50, t=60, b=90), legend=LEGEND_BELOW)
+    fig.update_layout(title=_title("Sweep over the threshold"), height=430,
+                      margin=dict(l=50, r=50, t=TOP, b=90), legend=LEGEND_BELOW)
     t = [r["threshold"] for r in rows]
     fig.add_trace(go.Scatter(x=t, y=[r["acc"] for r in rows], customdata=t, mode="lines+markers", name="ACC",
                              line=dict(color=ACC_COLOR)), secondary_y=False)
@@ -223,7 +238,7 @@ def sweep_figure(rows: Sequence[Mapping], selected: float | None = None, x_title
 def tradeoff_figure(rows: Sequence[Mapping], selected: float | None = None) -> go.Figure:
     """ACC against ASR, one point per threshold (labelled with it); the chosen point ringed.
     This whole chart needs the test trigger: a defender without it cannot draw it."""
-    fig = _base("ACC vs ASR (ASR uses the test trigger; click a point)", "ASR (test trigger)", "ACC", height=400)
+    fig = _base("ACC vs ASR (test trigger)", "ASR (test trigger)", "ACC", height=400)
     t = [r["threshold"] for r in rows]
     fig.add_trace(go.Scatter(x=[r["asr"] for r in rows], y=[r["acc"] for r in rows], customdata=t,
                              text=[f"{v:g}" for v in t], mode="lines+markers", name="thresholds",
@@ -243,7 +258,7 @@ def acc_budget_figure(rows: Sequence[Mapping], baseline_acc: float, budget: floa
                       x_title: str = "threshold") -> go.Figure:
     """A trigger-free aid: ACC at each threshold, the floor ``baseline - budget`` as a horizontal
     line, and the largest cut that stays above it as a vertical line."""
-    fig = _base("ACC-drop budget (needs no trigger)", x_title, "ACC")
+    fig = _base("ACC-drop budget (no trigger)", x_title, "ACC")
     t = [r["threshold"] for r in rows]
     fig.add_trace(go.Scatter(x=t, y=[r["acc"] for r in rows], customdata=t, mode="lines+markers", name="ACC",
                              line=dict(color=AID_COLOR)))
@@ -260,7 +275,7 @@ def sorted_scores_figure(values: Sequence[float], gap_index: int | None = None, 
                          score_label: str = "score") -> go.Figure:
     """A trigger-free aid: every neuron's score sorted from most to least suspicious, with the
     largest gap and the knee marked (prune the neurons left of a mark)."""
-    fig = _base("Sorted scores, most suspicious first (needs no trigger)", "rank", score_label)
+    fig = _base("Sorted scores, most suspicious first", "rank", score_label)
     v = np.asarray(values, dtype=float)
     fig.add_trace(go.Scatter(x=np.arange(len(v)), y=v, mode="lines+markers", name="scores",
                              marker=dict(size=4), line=dict(color=AID_COLOR)))
@@ -276,7 +291,7 @@ def compare_sweeps(runs: Sequence[Mapping]) -> go.Figure:
     """Sweeps by number of neurons pruned, overlaid for several runs: ACC on the left panel and
     ASR (test trigger) on the right; one colour per run. ``runs``: ``{"label", "rows"}``."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("ACC", ASR_NAME), shared_xaxes=False)
-    fig.update_layout(title="Sweeps by number of neurons pruned", height=420, margin=dict(l=50, r=20, t=80, b=45))
+    fig.update_layout(title="Sweeps by number of neurons pruned", height=420, margin=dict(l=50, r=20, t=TOP, b=45))
     for i, run in enumerate(runs):
         color = PALETTE[i % len(PALETTE)]
         n = [r["n_pruned"] for r in run["rows"]]
@@ -325,7 +340,9 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
     for i, img in enumerate(images):
         fig.add_trace(_image_trace(img, colorscale), row=i // ncols + 1, col=i % ncols + 1)
     _image_axes(fig, nrows, ncols)
-    fig.update_layout(title=title or None, height=40 + 170 * nrows, margin=dict(l=10, r=10, t=60 if title else 30, b=10))
+    height = 40 + 170 * nrows + (TOP if title else 0)
+    fig.update_layout(title=_grid_title(title, height) if title else None, height=height,
+                      margin=dict(l=10, r=10, t=TOP + 20 if title else 30, b=10))
     return fig
 
 
@@ -349,8 +366,9 @@ def trigger_grid(labels: Sequence[int], masks: np.ndarray, patterns: np.ndarray,
         fig.add_trace(_image_trace(p), row=2, col=j)
         fig.add_trace(_image_trace(m2[None] * p if p.ndim == 3 else m2 * p), row=3, col=j)
     _image_axes(fig, 3, ncols)
-    fig.update_layout(title="Recovered triggers per label (★ flagged; true: the attacker's trigger)", height=140 + 3 * max(90, 1100 // max(ncols, 1)),
-                      margin=dict(l=10, r=40, t=90, b=10))
+    height = 140 + 3 * max(90, 1100 // max(ncols, 1))
+    fig.update_layout(title=_grid_title("Recovered triggers per label (★ flagged; true: the attacker's trigger)",
+                                        height), height=height, margin=dict(l=10, r=40, t=TOP + 20, b=10))
     return fig
 
 
@@ -358,7 +376,7 @@ def anomaly_bar(labels: Sequence[int], anomaly: Sequence[float], flagged: Sequen
                 threshold: float = 2.0) -> go.Figure:
     """Neural Cleanse's anomaly index per label; the threshold as a horizontal line and flagged
     labels in red (a label above the line has a suspiciously small trigger)."""
-    fig = _base("Anomaly index per label (needs no trigger)", "label", "anomaly index")
+    fig = _base("Anomaly index per label", "label", "anomaly index")
     colors = [ASR_COLOR if t in flagged else "#7f7f7f" for t in labels]
     fig.add_trace(go.Bar(x=[str(t) for t in labels], y=list(anomaly), marker_color=colors, name="anomaly index"))
     fig.add_hline(y=threshold, line_dash="dash", line_color=THRESHOLD_COLOR, annotation_text=f"threshold {threshold:g}")
@@ -379,6 +397,7 @@ def attribution_figure(images: np.ndarray, before: np.ndarray, after: np.ndarray
         fig.add_trace(_image_trace(before[j], "Hot"), row=2, col=j + 1)
         fig.add_trace(_image_trace(after[j], "Hot"), row=3, col=j + 1)
     _image_axes(fig, 3, n)
-    fig.update_layout(title=f"{method} attributions", height=140 + 3 * max(90, 1100 // max(n, 1)),
-                      margin=dict(l=10, r=40, t=90, b=10))
+    height = 140 + 3 * max(90, 1100 // max(n, 1))
+    fig.update_layout(title=_grid_title(f"{method} attributions", height), height=height,
+                      margin=dict(l=10, r=40, t=TOP + 20, b=10))
     return fig

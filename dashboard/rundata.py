@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from defenses.runs import FINAL, list_runs, list_snapshots, load_tensors, read_events, read_json, read_status
+from defenses.runs import list_runs, load_tensors, read_json, read_status
 
 
 def runs_dir() -> Path:
@@ -52,90 +52,6 @@ def describe_run(run: dict, state: bool = True) -> str:
 
 def explorable_runs() -> list[dict]:
     return [r for r in list_runs(runs_dir()) if is_finished(r["path"])]
-
-
-# ---------------------------------------------------------------- live progress
-
-
-@dataclass
-class LiveView:
-    """What the live charts show, parsed from status.json and events.jsonl."""
-
-    state: str
-    error: str | None
-    stage: str  # the run's phase from its stage events: loading, defense, sweep, trigger recovery, done
-    step_stage: str  # the name the latest progress step carries (e.g. "anp", "recover", "sweep")
-    step: int
-    total: int
-    stages_seen: list[str] = field(default_factory=list)
-    defense_steps: list[dict] = field(default_factory=list)
-    probes: list[dict] = field(default_factory=list)
-    baseline: dict | None = None
-    snapshots: list[int] = field(default_factory=list)
-
-    @property
-    def fraction(self) -> float:
-        return min(1.0, self.step / self.total) if self.total else 0.0
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINAL
-
-
-def live_view(run_dir: Path) -> LiveView:
-    status = read_status(run_dir)
-    events = read_events(run_dir)
-    prog = status.get("progress") or {}
-    step_stage, step, total = prog.get("stage", ""), prog.get("step", 0), prog.get("total", 0)
-    stages, defense_steps, probes, baseline = [], [], [], None
-    current = ""
-    for ev in events:
-        kind = ev.get("type")
-        if kind == "stage":
-            current = ev["stage"]
-            stages.append(current)
-        elif kind == "step" and current == "defense":
-            defense_steps.append(ev)
-        elif kind == "probe":
-            probes.append(ev)
-        elif kind == "baseline":
-            baseline = {"acc": ev.get("acc"), "asr": ev.get("asr")}
-    return LiveView(state=status.get("state", "?"), error=status.get("error"), stage=stages[-1] if stages else "queued",
-                    step_stage=str(step_stage), step=int(step or 0),
-                    total=int(total or 0), stages_seen=stages, defense_steps=defense_steps, probes=probes,
-                    baseline=baseline, snapshots=[s for s, _ in list_snapshots(run_dir)])
-
-
-STAGE_WORDS = {"loading": "loading the model and data", "defense": "defense", "sweep": "sweeping the threshold",
-               "trigger recovery": "recovering triggers", "oracle": "oracle"}
-MASK_DEFENSES = ("anp", "rnp")  # their scores are masks in [0, 1], low = suspicious
-
-
-def status_line(view: LiveView) -> str:
-    """One status word for the run, and while it runs what it is doing: "running · anp 9/150"."""
-    if view.state != "running":
-        return view.state
-    doing = view.step_stage if view.total else STAGE_WORDS.get(view.stage, view.stage)
-    return f"running · {doing}" + (f" {view.step}/{view.total}" if view.total else "")
-
-
-def live_score_label(defense: str | None) -> str:
-    """The live histogram's axis: masks for ANP/RNP, raw constants (not yet standardized) otherwise."""
-    return score_label("low") if defense in MASK_DEFENSES else "constant (high = suspicious)"
-
-
-def finished_cut(run_dir: Path) -> dict | None:
-    """The defense's own cut of a finished run (``n_pruned``, ``acc``, ``asr``), from result.json."""
-    d = (read_json(Path(run_dir) / "result.json") or {}).get("default")
-    if not d or d.get("acc") is None:
-        return None
-    return {"n_pruned": d.get("n_pruned", 0), "acc": d["acc"],
-            "asr": float("nan") if d.get("asr") is None else d["asr"]}
-
-
-def snapshot_scores(run_dir: Path, step: int) -> dict[str, np.ndarray]:
-    path = Path(run_dir) / "snapshots" / f"{step:07d}.safetensors"
-    return {k: v.numpy() for k, v in load_tensors(path).items()}
 
 
 # ---------------------------------------------------------------- a finished run
@@ -423,11 +339,6 @@ def short_recovery_warning(recovery: dict | None) -> str | None:
     return None
 
 
-def fmt_points(v) -> str:
-    """A rate as a percentage number without the sign: 0.987 -> "98.7"; "n/a" when unknown."""
-    return "n/a" if v is None or v != v else f"{100 * v:.1f}"
-
-
 def points_delta(after, before) -> str | None:
     """"+1.5 pts", or "±0.0 pts" when the change rounds to nothing (the page colours only real
     changes); None when either side is unknown."""
@@ -435,6 +346,11 @@ def points_delta(after, before) -> str | None:
         return None
     d = round(100 * (after - before), 1)
     return "±0.0 pts" if d == 0 else f"{d:+.1f} pts"
+
+
+def cached_effects(run_dir: Path) -> dict:
+    """The neuron inspector's prune/keep evaluations already made for this run (run folder)."""
+    return read_json(Path(run_dir) / "inspect" / "effects.json", {}) or {}
 
 
 def is_change(delta: str | None) -> bool:

@@ -49,7 +49,9 @@ def build_request(args) -> RunRequest:
     from .base import get_defense
 
     info = get_defense(args.defense)
-    params = _parse_sets(args.set)
+    if args.demo and not info.demo:
+        raise ValueError(f"{info.title.split(':')[0]} has no demo budget; run it without --demo.")
+    params = {**(info.demo if args.demo else {}), **_parse_sets(args.set)}  # --set wins over the demo
     if args.model:
         model = {"sample": args.model}
     elif args.checkpoint and args.arch:
@@ -159,6 +161,29 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_neuron(args) -> int:
+    from .inspector import neuron_report
+
+    c = neuron_report(Path(args.runs_dir) / args.run_id, args.layer, args.index, evaluate=args.evaluate)
+    unit = "mask value, low = suspicious" if c["suspicious"] == "low" else "constant, high = suspicious"
+    source = f"; normalises {c['source']}" if c.get("source") else ""
+    print(f"{c['layer']}[{c['index']}] ({c['kind']}, {c['layer_size']} neurons{source})")
+    print(f"score {c['score']:.4g} ({unit}); rank {c['rank']} of {c['of']}, {c['rank_in_layer']} of "
+          f"{c['layer_size']} in its layer; {'pruned' if c['pruned'] else 'kept'} at threshold {c['threshold']:g}")
+    line = f"activation: clean mean {c['clean_mean']:.4g} (std {c['clean_std']:.4g})"
+    if "triggered_mean" in c:
+        line += f", with the trigger {c['triggered_mean']:.4g}: a gap of {c['gap']:+.1f} clean std-devs"
+    print(line)
+    if "on_trigger" in c:
+        print(f"attribution ({c['method']}) on a triggered test image: {100 * c['on_trigger']:.0f}% on the "
+              "trigger's pixels")
+    if "effect" in c:
+        e = c["effect"]
+        print(f"pruned alone: ACC {e['alone']['acc']:.4f} ASR {_fmt(e['alone']['asr'])}; the cut with it kept: "
+              f"ACC {e['cut_kept']['acc']:.4f} ASR {_fmt(e['cut_kept']['asr'])}")
+    return 0
+
+
 def cmd_cancel(args) -> int:
     ok = cancel_run(Path(args.runs_dir) / args.run_id)
     print("cancel sent" if ok else "that run is not running", file=sys.stderr)
@@ -205,6 +230,8 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--trigger", help='JSON trigger, e.g. {"kind": "badnets", "size": 3, "target": 0}')
     r.add_argument("--device", default="auto")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="a defense hyperparameter (repeatable)")
+    r.add_argument("--demo", action="store_true",
+                   help="the defense's demo budget, the Defend page's (docs/demo.md); --set still overrides it")
     r.add_argument("--no-trigger-recovery", action="store_true", help="skip Neural Cleanse after the defense")
     r.add_argument("--recover-on", choices=RECOVER_ON, default="unlearned",
                    help="Neural Cleanse on RNP's unlearned model (RNP runs only; the default) or on the original "
@@ -222,6 +249,12 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print a run's status and result")
     s.add_argument("run_id")
     s.set_defaults(func=cmd_show)
+    n = sub.add_parser("neuron", help="one neuron of a finished run: its card's numbers")
+    n.add_argument("run_id")
+    n.add_argument("layer")
+    n.add_argument("index", type=int)
+    n.add_argument("--evaluate", action="store_true", help="also ACC/ASR with it alone pruned, and the cut without it")
+    n.set_defaults(func=cmd_neuron)
     c = sub.add_parser("cancel", help="cancel a running run")
     c.add_argument("run_id")
     c.set_defaults(func=cmd_cancel)

@@ -76,7 +76,7 @@ def load_sample(name: str, device: str | torch.device = "cpu") -> Sample:
     return Sample(name, model, entry, spec, trigger)
 
 
-CUT_LABELS = {"own": "its own cut", "budget": "budget cut (no trigger)"}
+CUT_LABELS = {"own": "own", "budget": "budget"}  # the Model page's caption says what each is
 
 
 def efficacy_rows(entry: dict) -> list[dict]:

@@ -13,3 +13,12 @@ def mnist5k():
     from defenses.data import load_dataset
 
     return load_dataset("mnist5k")
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """An empty runs folder that the dashboard and the engine use (PRUNESCOPE_RUNS)."""
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    monkeypatch.setenv("PRUNESCOPE_RUNS", str(runs_dir))
+    return runs_dir

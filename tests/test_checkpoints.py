@@ -1,7 +1,6 @@
 """Every bad checkpoint gets one sentence that says what is wrong; nothing in a file runs."""
 import io
 import os
-import pickle
 import random
 
 import pytest

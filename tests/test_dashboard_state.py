@@ -7,10 +7,9 @@ import json
 
 import pytest
 
-from dashboard import rundata
+from dashboard import liveview, rundata
 from defenses.base import all_defenses, config_from_dict
-from test_dashboard_app import (app, make_run, metric, no_exception, one_sentence, open_tab, runs,  # noqa: F401 (fixture)
-                                threshold_slider)
+from test_dashboard_app import app, make_run, metric, no_exception, one_sentence, open_tab, threshold_slider
 
 ANP_RUN = "20260101-000000-anp-cnn_badnets-aaaa"
 CLP_RUN = "20260101-000001-clp-cnn_badnets-bbbb"
@@ -169,7 +168,7 @@ def test_a_finished_run_shows_its_own_cut_one_status_word_and_no_empty_charts(ru
     at.switch_page("views/defend.py").run()
     no_exception(at, "defend finished clp")
     assert at.get("progress")[0].proto.text == "done"
-    assert metric(at, "ACC at the defense's own cut") and metric(at, "ASR at the defense's own cut")
+    assert metric(at, "ACC, own cut") and metric(at, "ASR, own cut")
     assert not at.get("plotly_chart"), "no chart without data"
     assert not any("appear" in c.value for c in at.caption)
     links = at.get("page_link")
@@ -177,11 +176,11 @@ def test_a_finished_run_shows_its_own_cut_one_status_word_and_no_empty_charts(ru
 
 
 def test_status_line_is_one_word_and_what_the_run_does():
-    view = rundata.LiveView(state="running", error=None, stage="defense", step_stage="anp", step=9, total=150)
-    assert rundata.status_line(view) == "running · anp 9/150"
-    assert rundata.status_line(rundata.LiveView("done", None, "done", "sweep", 11, 11)) == "done"
-    assert rundata.status_line(rundata.LiveView("queued", None, "queued", "", 0, 0)) == "queued"
-    assert rundata.status_line(rundata.LiveView("running", None, "loading", "", 0, 0)) == \
+    view = liveview.LiveView(state="running", error=None, stage="defense", step_stage="anp", step=9, total=150)
+    assert liveview.status_line(view) == "running · anp 9/150"
+    assert liveview.status_line(liveview.LiveView("done", None, "done", "sweep", 11, 11)) == "done"
+    assert liveview.status_line(liveview.LiveView("queued", None, "queued", "", 0, 0)) == "queued"
+    assert liveview.status_line(liveview.LiveView("running", None, "loading", "", 0, 0)) == \
         "running · loading the model and data"
 
 

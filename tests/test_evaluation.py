@@ -5,7 +5,7 @@ from defenses.evaluation import accuracy, asr_split, attack_success_rate, sweep
 from defenses.neurons import find_neurons
 from defenses.triggers import TriggerSpec
 from defenses.base import RecordingCallback
-from planted import PLANTED, build_planted, clean_and_test, stamp
+from planted import PLANTED, build_planted, clean_and_test
 
 
 class Fixed(torch.nn.Module):

@@ -1,11 +1,12 @@
-"""Unit tests of every figure builder in dashboard/figures.py: plain data in, plotly figure out."""
+"""Unit tests of every figure builder in dashboard/figures.py and dashboard/neuron_figures.py: plain
+data in, plotly figure out."""
 import inspect
 
 import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from dashboard import figures
+from dashboard import figures, neuron_figures
 
 ROWS = [
     {"threshold": 0.0, "n_pruned": 0, "acc": 0.99, "asr": 1.0},
@@ -29,10 +30,11 @@ def names(fig):
 
 def test_every_builder_is_tested():
     """A new builder must come with a test here (by name)."""
-    builders = {n for n, f in inspect.getmembers(figures, inspect.isfunction)
-                if not n.startswith("_") and f.__module__ == figures.__name__}
     src = open(__file__).read()
-    assert {b for b in builders if f"figures.{b}(" not in src} == set()
+    for module, prefix in ((figures, "figures."), (neuron_figures, "neuron_figures.")):
+        builders = {n for n, f in inspect.getmembers(module, inspect.isfunction)
+                    if not n.startswith("_") and f.__module__ == module.__name__}
+        assert {b for b in builders if f"{prefix}{b}(" not in src} == set(), module.__name__
 
 
 def test_loss_curve_one_line_per_loss_metric():
@@ -153,7 +155,7 @@ def test_acc_budget_figure_floor_and_cut():
     assert len(fig.data) == 1
     assert hlines(fig)[0].y0 == pytest.approx(0.94)
     assert [s.x0 for s in vlines(fig)] == [0.4]
-    assert "needs no trigger" in fig.layout.title.text
+    assert "no trigger" in fig.layout.title.text  # a trigger-free aid says so
     assert fig.layout.yaxis.title.text == "ACC"
 
 
@@ -234,3 +236,36 @@ def test_neuron_noise_figure_shares_of_the_label_with_most_errors():
     assert list(fig.data[1].y) == [0.0, 0.8, None]  # no errors: no share, not a zero
     assert list(fig.data[0].y) == [0.01, 0.10, 0.20]
     assert names(figures.neuron_noise_figure(points, label=1))[1] == "share of errors to label 1"
+
+
+def test_network_map_of_a_full_width_resnet18():
+    # the neuron layers of a full-width ResNet-18: 4,800 BN channels in 20 layers
+    widths = [64] * 5 + [128] * 5 + [256] * 5 + [512] * 5
+    rng = np.random.default_rng(0)
+    units = {f"layer{i}.bn": rng.random(w) for i, w in enumerate(widths)}
+    pruned = {k: v < 0.01 for k, v in units.items()}
+    fig = neuron_figures.network_map(units, pruned, "low", chosen=("layer19.bn", 7))
+    cells = fig.data[0]
+    assert len(cells.x) == sum(widths) == 4800
+    assert list(fig.layout.yaxis.categoryarray) == list(units)  # execution order, top to bottom
+    outlined = int((np.asarray(cells.marker.line.width) > 0).sum())
+    assert outlined == sum(int(p.sum()) for p in pruned.values())
+    k = 64 * 5 + 3  # the fourth neuron of the first 128-wide layer
+    assert list(cells.customdata[k]) == ["layer5.bn", 3] and cells.y[k] == "layer5.bn" and cells.x[k] == 3
+    assert list(fig.data[1].x) == [7] and list(fig.data[1].y) == ["layer19.bn"]  # the chosen neuron, ringed
+
+
+def test_activation_histogram_and_mask_history():
+    fig = neuron_figures.activation_histogram([0.0, 0.1, 0.2], [2.0, 2.1], gap=12.3)
+    assert [t.name for t in fig.data] == ["clean", "with the trigger"] and "+12.3" in fig.layout.title.text
+    assert len(neuron_figures.activation_histogram([0.0, 1.0]).data) == 1  # no trigger: clean only
+    fig = neuron_figures.mask_history([10, 20], [0.9, 0.1], [0.95, 0.9])
+    assert list(fig.data[0].y) == [0.9, 0.1] and fig.data[1].name == "layer median"
+
+
+def test_neuron_maps_figure_rows_per_kind():
+    images = np.zeros((2, 1, 4, 4))
+    fig = neuron_figures.neuron_maps_figure(images, np.ones((2, 4, 4)), np.ones((2, 4, 4)), ["clean", "with the trigger"],
+                                     "NeuronGradient")
+    assert len(fig.data) == 6  # input, feature map, attribution, for both images
+    assert len(neuron_figures.neuron_maps_figure(images, None, np.ones((2, 4, 4)), ["a", "b"], "NeuronGradient").data) == 4

@@ -1,5 +1,4 @@
 """The run folder: complete artefacts, live events, cancel, a killed worker, isolation."""
-import json
 import os
 import signal
 import subprocess

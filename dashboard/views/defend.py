@@ -5,7 +5,8 @@ import torch
 from dashboard import cache, figures
 from dashboard.common import RECOVERED_ON, USER_ERRORS, current_choice, fmt_rate, page_link, show_error
 from dashboard.config_form import below_paper, field_label, render, widget_key
-from dashboard.rundata import describe_run, finished_cut, live_score_label, live_view, run_path, runs_dir, status_line
+from dashboard.liveview import finished_cut, live_score_label, live_view, status_line
+from dashboard.rundata import describe_run, run_path, runs_dir
 from defenses.base import all_defenses, config_from_dict
 from defenses.runs import RECOVER_ON, RunRequest, cancel_run, list_runs, start_run
 from defenses.trigger_recovery import TriggerRecoveryConfig
@@ -50,10 +51,9 @@ with st.expander("Hyperparameters (defaults are the paper's)", expanded=True):
                 "ones, and the defense's own cut may miss the backdoor; the sweep on Explore shows every cut.",
                 icon=":material/speed:")
 
-c1, c2, c3 = st.columns([1, 2, 1])
-devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
-device = c1.selectbox("Device", devices, key="device")
-with c2:
+# The optional stages first, full width (their labels are cut off in a column at 1000 px), then
+# the device and Start on one row.
+with st.container():
     recover = st.checkbox("Then recover the trigger per label (Neural Cleanse)", value=name == "rnp",
                           key=f"recover_triggers_{name}",
                           help="Slow on a CPU: a mask and pattern are optimised for every label in turn.")
@@ -88,6 +88,9 @@ with c2:
              "defense does; the Explore page then draws this defense's sweep against the best pruning could do. "
              "About as slow as 400 ANP iterations." if trigger_known else "Needs the trigger, which this model "
              "has none on record for.")
+c1, _, c3 = st.columns([1, 2, 1], vertical_alignment="bottom")
+devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
+device = c1.selectbox("Device", devices, key="device")
 request, refusal = None, None
 if params is not None:
     request = RunRequest(defense=name, params=params, model=choice["model"], data=choice["data"],
@@ -95,8 +98,8 @@ if params is not None:
                          recovery_params=recovery_params, oracle=oracle and trigger_known, label=choice["label"])
     # the command line's preflight, before anything starts: a run the worker would refuse never starts
     refusal = cache.preflight_message(cache.request_key(request))
-    if refusal:
-        st.error(refusal, icon=":material/block:")
+if refusal:
+    st.error(refusal, icon=":material/block:")
 if c3.button("Start", type="primary", key="start", disabled=request is None or refusal is not None, width="stretch",
              help=refusal):
     try:
@@ -143,8 +146,8 @@ def draw(run_id: str) -> bool:
             b1.metric("Baseline ACC", fmt_rate(view.baseline["acc"]))
             b2.metric("Baseline ASR", fmt_rate(view.baseline["asr"]))
         if cut:
-            b3.metric("ACC at the defense's own cut", fmt_rate(cut["acc"]), help=f"{cut['n_pruned']} neurons pruned.")
-            b4.metric("ASR at the defense's own cut", fmt_rate(cut["asr"]), help=f"{cut['n_pruned']} neurons pruned.")
+            b3.metric("ACC, own cut", fmt_rate(cut["acc"]), help=f"At the defense's own cut: {cut['n_pruned']} neurons pruned.")
+            b4.metric("ASR, own cut", fmt_rate(cut["asr"]), help=f"At the defense's own cut: {cut['n_pruned']} neurons pruned.")
     if cut:
         st.caption(f"The defense's own cut prunes {cut['n_pruned']} neurons; every other cut is on Explore.")
         page_link("views/explore.py", "Explore it →", ":material/query_stats:")

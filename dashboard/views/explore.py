@@ -9,21 +9,13 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, figures, rundata
-from dashboard.common import USER_ERRORS, fmt_rate, page_link, save_threshold, saved_threshold, show_error
+from dashboard.common import (USER_ERRORS, fmt_rate, page_link, pick_finished_run, save_threshold, saved_threshold,
+                              show_error)
 from defenses.evaluation import acc_budget_cut
 
 st.title("Explore a finished run")
-runs = rundata.explorable_runs()
-if not runs:
-    st.info("No finished run yet: start one on the Defend page (or `prunescope run` on the command line).")
-    st.stop()
-ids = [r["run_id"] for r in runs]
-by_id = {r["run_id"]: r for r in runs}
 url_run, url_t = st.query_params.get("run"), st.query_params.get("t")  # a link or a reload: ?run=ID&t=0.3
-if st.session_state.get("explore_run") not in ids:  # first visit, or the widget was cleared by a page switch
-    st.session_state["explore_run"] = next((i for i in (url_run, st.session_state.get("run_id")) if i in ids), ids[0])
-run_id = st.selectbox("Run", ids, key="explore_run", format_func=lambda i: rundata.describe_run(by_id[i]))
-st.session_state["run_id"] = run_id
+run_id = pick_finished_run("explore_run")
 
 try:
     run = cache.finished_run(run_id)
@@ -80,17 +72,19 @@ threshold = st.select_slider(
 _remember(threshold)
 row = rundata.row_at(run.rows, threshold)
 base = res.get("baseline", {})
-m1, m2, m3, m4 = st.columns(4)
+m1, m2, m3 = st.columns(3)
 acc_delta = rundata.points_delta(row["acc"], base.get("acc"))
 m1.metric("ACC after pruning", fmt_rate(row["acc"]), delta=acc_delta, delta_color="normal" if rundata.is_change(acc_delta) else "off")
 asr_delta = rundata.points_delta(row["asr"], base.get("asr")) if run.asr_known else None
-m2.metric("ASR after pruning (test trigger)", fmt_rate(row["asr"]), delta=asr_delta,
-          delta_color="inverse" if rundata.is_change(asr_delta) else "off")
+m2.metric("ASR after pruning", fmt_rate(row["asr"]), delta=asr_delta,
+          delta_color="inverse" if rundata.is_change(asr_delta) else "off",
+          help="Attack success rate with the attacker's trigger on the test split (a real defender cannot measure it).")
 m3.metric("Neurons pruned", f"{row['n_pruned']} / {sum(v.size for v in run.scores.values())}")
 d = res.get("default", {})
-m4.metric("Own cut: ACC / ASR", f"{rundata.fmt_points(d.get('acc'))} / {rundata.fmt_points(d.get('asr'))} %",
-          help=f"ACC / ASR at the defense's default cut ({d.get('n_pruned')} neurons); before pruning: "
-               f"{fmt_rate(base.get('acc'))} / {fmt_rate(base.get('asr'))}.")
+# a line, not a fourth metric: "ACC / ASR" in a metric's large type is cut off at 1000 px
+st.caption(f"The defense's own cut prunes {d.get('n_pruned')} neurons: ACC {fmt_rate(d.get('acc'))}, "
+           f"ASR {fmt_rate(d.get('asr'))}; before pruning ACC {fmt_rate(base.get('acc'))}, "
+           f"ASR {fmt_rate(base.get('asr'))}.")
 
 def _oracle_overlap(run, threshold) -> str:
     found, wanted = rundata.oracle_overlap(run, threshold)
@@ -98,9 +92,17 @@ def _oracle_overlap(run, threshold) -> str:
             f"neurons marks them)." if wanted else "")
 
 
+def _open_neuron(row: dict) -> None:
+    """Open a neuron of this run in the inspector (the page reads the run and neuron from the URL)."""
+    st.session_state["neuron_run"] = run_id
+    st.session_state[f"neuron_layer_{run_id}"], st.session_state[f"neuron_index_{run_id}"] = row["layer"], row["index"]
+    st.switch_page("views/neuron.py", query_params={"run": run_id, "layer": row["layer"], "index": str(row["index"])})
+
+
 def _sweep_tab():
-    st.caption("Red dashed curves use the **test ASR**, which needs the attacker's trigger: a real defender cannot "
-               "draw them. The aids that need no trigger are on the *Triage* tab.")
+    st.caption("Click a point on either chart to move the threshold there. Red dashed curves use the **test ASR**, "
+               "which needs the attacker's trigger: a real defender cannot draw them. The aids that need no trigger "
+               "are on the *Triage* tab.")
     left, right = st.columns(2)
     with left:
         st.plotly_chart(figures.sweep_figure(run.rows, threshold, x_title=units_name), key="sweep_chart",
@@ -190,9 +192,14 @@ def _aids_tab():
 def _export_tab():
     top = st.slider("How many neurons", 5, 100, 20, 5, key="top_n")
     table = rundata.suspicious_table(run, threshold, top)
-    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch",
-                 column_config={"score": st.column_config.NumberColumn("score", format="%.4f"),
-                                "u": st.column_config.NumberColumn("u", format="%.2f")})
+    event = st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch", key="suspicious_table",
+                         on_select="rerun", selection_mode="single-row",
+                         column_config={"score": st.column_config.NumberColumn("score", format="%.4f"),
+                                        "u": st.column_config.NumberColumn("u", format="%.2f")})
+    st.caption("Click a row to open that neuron in the neuron inspector.")
+    rows = event.selection.rows if event is not None else []
+    if rows:  # the table is not drawn on the inspector's page, so its selection is gone when one comes back
+        _open_neuron(table[rows[0]])
     manifest = rundata.manifest(run, threshold)
     e1, e2 = st.columns(2)
     stem = f"{run_id}-t{threshold:g}"

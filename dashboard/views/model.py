@@ -50,8 +50,9 @@ if source == "Sample model":
             with st.expander("What each defense did on this sample (measured when it was trained, test split)",
                              expanded=role == "showcase"):
                 st.dataframe(rows, hide_index=True, width="stretch")
-                st.caption("Removed: ASR at most 2% with ACC within 2 points. The budget cut needs no trigger: the "
-                           "most neurons whose pruning keeps ACC on the clean set within 2 points. "
+                st.caption("Own: the defense's own cut. Budget: a cut that needs no trigger, the most neurons whose "
+                           "pruning keeps ACC on the clean set within 2 points. Removed: ASR at most 2% with ACC "
+                           "within 2 points. "
                            "`docs/study.md` has the study these samples were chosen from.")
         st.session_state["choice"] = sample_choice(name, int(clean))
         st.query_params["sample"] = name  # a reload, or a link, opens the same sample

@@ -37,7 +37,7 @@ if on:
     st.caption(f"Recovered on {on}.")
 st.plotly_chart(figures.trigger_grid(rec["labels"], rec["masks"], rec["patterns"], rec["flagged"],
                                      *(truth if truth else (None, None))), key="trigger_grid")
-left, right = st.columns([3, 2])
+left, right = st.columns(2)
 with left:
     st.plotly_chart(figures.anomaly_bar(rec["labels"], rec["anomaly"], rec["flagged"], rec["threshold"]),
                     key="anomaly_chart")
@@ -45,7 +45,7 @@ with right:
     asr = rec.get("asr_on_original") or [None] * len(rec["labels"])
     # short column names: the whole table fits beside the chart at 1000 px
     st.dataframe([{"label": t, "L1": round(rec["l1"][i], 1), "anomaly": round(rec["anomaly"][i], 2),
-                   "flagged": t in rec["flagged"], "flips orig.": fmt_rate(asr[i])}
+                   "flips orig.": fmt_rate(asr[i])}  # flagged labels: the red bars and ★ above
                   for i, t in enumerate(rec["labels"])], hide_index=True, width="stretch",
                  column_config={"L1": st.column_config.NumberColumn("L1", help="The recovered mask's size (L1 norm)."),
                                 "flips orig.": st.column_config.TextColumn(
@@ -75,5 +75,5 @@ except USER_ERRORS as e:
 titles = [f"{t}<br>→ {a} / {b}" for t, a, b in zip(maps["titles"], maps["pred_before"], maps["pred_after"])]
 st.plotly_chart(figures.attribution_figure(maps["images"], maps["before"], maps["after"], titles, method),
                 key="attr_chart")
-st.caption("Column titles give the prediction before / after pruning. On a backdoored model the triggered inputs' "
+st.caption("Column titles give the true label (clean or triggered image) and the prediction before / after pruning. On a backdoored model the triggered inputs' "
            "evidence sits on the trigger; after a good cut it moves back to the digit.")
