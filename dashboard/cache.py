@@ -216,8 +216,10 @@ def request_key(request) -> str:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def run_inputs(run_id: str):
-    """(the run's data bundle, its trigger or None), loaded once per run and shared read-only."""
+def run_inputs(run_id: str, folder: str):
+    """(the run's data bundle, its trigger or None), loaded once per run and shared read-only.
+    ``folder``: the run folder's absolute path, part of the cache key (a run id names one run only
+    within its runs folder)."""
     from defenses.runs import load_data
     from defenses.triggers import TriggerSpec
 
@@ -228,28 +230,52 @@ def run_inputs(run_id: str):
 
 
 @st.cache_data(max_entries=4, show_spinner="Reading every neuron's activation on the test split (once per run) ...")
-def neuron_activations(run_id: str) -> dict:
+def neuron_activations(run_id: str, folder: str) -> dict:
     """Every neuron's activation on up to 1,000 test images, clean and triggered, and each
     neuron's gap; one forward pass over them, then every card of the run reads from here."""
     from defenses.inspector import activation_gap, layer_activations
 
     run = finished_run(run_id)
-    bundle, trigger = run_inputs(run_id)
-    acts = layer_activations(run_model(run), _neuron_map(str(run.path), run), bundle.test, trigger)
+    bundle, trigger = run_inputs(run_id, folder)
+    model, nmap = run_model(run), _neuron_map(str(run.path), run)
+    acts = layer_activations(model, nmap, bundle.test, trigger)
     keep = torch.arange(len(bundle.test))
     if trigger is not None:
         keep = (bundle.test.y != trigger.target).nonzero().flatten()
-    return {"acts": acts, "gaps": activation_gap(acts), "images": keep[:1000].numpy()}
+    out = {"acts": acts, "gaps": activation_gap(acts), "images": keep[:1000].numpy()}
+    rec_path = run.path / "triggers" / "recovery.json"
+    if trigger is None and rec_path.exists():  # no true trigger: the one Neural Cleanse recovered, on the same images
+        rec = recovered_triggers(str(run.path), rec_path.stat().st_mtime)
+        label = rec["flagged"][0] if rec["flagged"] else rec["labels"][int(np.argmax(rec["anomaly"]))]
+        i = rec["labels"].index(label)
+        stamp = _RecoveredTrigger(torch.from_numpy(rec["masks"][i]), torch.from_numpy(rec["patterns"][i]))
+        recovered = layer_activations(model, nmap, bundle.test, stamp)
+        out["recovered"] = {k: v["triggered"] for k, v in recovered.items()}
+        out["recovered_label"] = int(label)
+    return out
+
+
+class _RecoveredTrigger:
+    """A recovered trigger (mask M, pattern P) stamped as Neural Cleanse does: (1 - M) x + M P. Its
+    ``target`` is None, so every test image is a victim and the rows match the clean ones."""
+
+    target = None
+
+    def __init__(self, mask: torch.Tensor, pattern: torch.Tensor):
+        self.mask, self.pattern = mask.float(), pattern.float()
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return (1 - self.mask) * x + self.mask * self.pattern
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing the neuron's maps ...")
-def neuron_maps(run_id: str, layer: str, index: int, method: str, image: int) -> dict:
+def neuron_maps(run_id: str, layer: str, index: int, method: str, image: int, folder: str) -> dict:
     """Feature maps and attributions of one neuron on one clean test image and its triggered
     version (rows: clean, triggered)."""
     from defenses.inspector import feature_maps, neuron_attribution
 
     run = finished_run(run_id)
-    bundle, trigger = run_inputs(run_id)
+    bundle, trigger = run_inputs(run_id, folder)
     x = bundle.test.images(torch.tensor([image]))
     if trigger is not None:
         x = torch.cat([x, trigger.apply(x)])
@@ -275,7 +301,7 @@ def neuron_effect(run: rundata.FinishedRun, layer: str, index: int, threshold: f
     key = f"{layer}:{index}:{threshold:g}"
     done = read_json(path, {}) or {}
     if key not in done:
-        bundle, trigger = run_inputs(run.run_id)
+        bundle, trigger = run_inputs(run.run_id, str(run.path.resolve()))
         sel = rundata.selected(rundata.sweep_units(run.scores, run.suspicious), threshold, run.suspicious)
         cut = {k: torch.from_numpy(np.asarray(v)) for k, v in sel.items()}
         got = single_neuron_effect(run_model(run), _neuron_map(str(run.path), run), layer, index, bundle.test,

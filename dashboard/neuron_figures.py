@@ -48,15 +48,19 @@ def network_map(units: Mapping[str, Sequence[float]], pruned: Mapping[str, Seque
 
 
 def activation_histogram(clean: Sequence[float], triggered: Sequence[float] | None = None, gap: float | None = None,
-                         bins: int = 40) -> go.Figure:
-    """A neuron's activation over the test images, clean and (overlaid) with the trigger."""
+                         bins: int = 40, recovered: Sequence[float] | None = None) -> go.Figure:
+    """A neuron's activation over the test images, clean and (overlaid) with the trigger, or with
+    the trigger Neural Cleanse recovered when the true one is unknown."""
     title = "Activation, clean" + (f" vs triggered: {gap:+.1f} std-devs" if gap is not None and gap == gap else "")
     fig = _base(title, "activation", "images")
-    values = [_finite(clean)] + ([_finite(triggered)] if triggered is not None else [])
+    series = [("clean", clean, ACC_COLOR)] + ([("with the trigger", triggered, ASR_COLOR)] if triggered is not None
+                                              else []) + \
+        ([("with the recovered trigger", recovered, "#9467bd")] if recovered is not None else [])
+    values = [_finite(v) for _, v, _ in series]
     lo = min(v.min() for v in values if v.size) if any(v.size for v in values) else 0.0
     hi = max(v.max() for v in values if v.size) if any(v.size for v in values) else 1.0
     size = (hi - lo) / bins if hi > lo else 1.0
-    for name, v, color in zip(("clean", "with the trigger"), values, (ACC_COLOR, ASR_COLOR)):
+    for (name, _, color), v in zip(series, values):
         fig.add_trace(go.Histogram(x=v, name=name, opacity=0.6, marker_color=color,
                                    xbins=dict(start=lo, end=hi + size, size=size)))
     fig.update_layout(barmode="overlay")

@@ -229,6 +229,28 @@ def suspicious_table(run: FinishedRun, threshold: float, top: int = 20) -> list[
     return rows
 
 
+def neuron_from_histogram_click(event, shown: dict[str, np.ndarray], suspicious: str) -> tuple[str, int] | None:
+    """The most suspicious neuron under a clicked bar of the score histogram (one trace per layer
+    in ``shown``'s order; a bar's points are the positions of its neurons among the layer's finite
+    scores), or None when nothing usable was clicked."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    layers = list(shown)
+    for p in points or []:
+        curve = p.get("curve_number") if hasattr(p, "get") else None
+        members = p.get("point_indices") or ([p["point_index"]] if p.get("point_index") is not None else [])
+        if not isinstance(curve, int) or not 0 <= curve < len(layers) or not members:
+            continue
+        v = np.asarray(shown[layers[curve]], dtype=float)
+        idx = np.flatnonzero(np.isfinite(v))[[int(m) for m in members if 0 <= int(m) < np.isfinite(v).sum()]]
+        if idx.size:
+            best = idx[np.argmax(v[idx])] if suspicious == "high" else idx[np.argmin(v[idx])]
+            return layers[curve], int(best)
+    return None
+
+
 def pruned_neurons(run: FinishedRun, threshold: float) -> list[dict]:
     units = sweep_units(run.scores, run.suspicious)
     sel = selected(units, threshold, run.suspicious)

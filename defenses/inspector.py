@@ -40,7 +40,7 @@ def layer_activations(model: nn.Module, neuron_map: NeuronMap, split: ArraySplit
     images of ``split`` whose label is not the trigger's target (all images without a trigger),
     so that clean and triggered rows are the same images."""
     keep = torch.arange(len(split))
-    if trigger is not None:
+    if getattr(trigger, "target", None) is not None:  # a recovered trigger may have no target: every image
         keep = (split.y != trigger.target).nonzero().flatten()
     keep = keep[:max_images]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

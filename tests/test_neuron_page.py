@@ -2,6 +2,8 @@
 URL holds the neuron, the prune/keep evaluations are kept in the run folder."""
 import time
 
+import numpy as np
+
 from dashboard import rundata
 from defenses.cli import main
 from test_dashboard_app import app, make_run, metric, no_exception, open_tab
@@ -77,3 +79,42 @@ def test_cli_prints_the_card(runs, capfd):
     assert "clean std-devs" in out and "on the trigger's pixels" in out and "pruned alone: ACC" in out
     assert main(["--runs-dir", str(runs), "neuron", RUN, "features.8", "99"]) == 2
     assert "No neuron features.8[99]" in capfd.readouterr().err
+
+
+def test_a_click_on_a_histogram_bar_opens_its_most_suspicious_neuron(runs):
+    make_run(runs, RUN)
+    at = app(300).run()
+    at.switch_page("views/explore.py").run()
+    open_tab(at, "Scores")
+    layers = list(rundata.load_finished(runs / RUN).scores)
+    bar = {"curve_number": layers.index("features.8"), "point_indices": [10, 3, 20]}  # a bar holding features.8[3]
+    at.session_state["dist_chart"] = {"selection": {"points": [bar], "point_indices": [10, 3, 20], "box": [],
+                                                    "lasso": []}}
+    at.run()
+    no_exception(at, "neuron from the histogram")
+    assert at.title[0].value == "Neuron inspector"
+    assert (at.selectbox(key=f"neuron_layer_{RUN}").value, at.number_input(key=f"neuron_index_{RUN}").value) == \
+        ("features.8", 3)
+
+
+def test_histogram_click_without_a_bar_picks_nothing():
+    shown = {"a": np.array([0.5, 0.1, np.nan, 0.3])}
+    assert rundata.neuron_from_histogram_click(None, shown, "low") is None
+    assert rundata.neuron_from_histogram_click({"selection": {"points": []}}, shown, "low") is None
+    # positions count finite scores only: position 2 is a[3]
+    event = {"selection": {"points": [{"curve_number": 0, "point_indices": [0, 2]}]}}
+    assert rundata.neuron_from_histogram_click(event, shown, "low") == ("a", 3)
+    assert rundata.neuron_from_histogram_click(event, shown, "high") == ("a", 0)
+
+
+def test_without_a_trigger_the_recovered_one_is_stamped_instead(runs):
+    import json
+
+    d = make_run(runs, RUN)  # with recovered triggers on disk (label 0 flagged)
+    result = json.loads((d / "result.json").read_text())
+    result.update(trigger=None, trigger_known=False)  # a user's model whose trigger no one knows
+    (d / "result.json").write_text(json.dumps(result))
+    at = neuron_page(run=RUN, layer="features.8", index="3")
+    no_exception(at, "neuron without a trigger")
+    assert any("recovered for label 0" in c.value for c in at.caption), [c.value for c in at.caption]
+    assert not any("of its attribution on the triggered image" in c.value for c in at.caption)

@@ -133,8 +133,16 @@ def _scores_tab():
         st.caption("Choose at least one layer to draw its scores.")
     else:
         units = rundata.sweep_units(run.scores, run.suspicious)
-        st.plotly_chart(figures.score_distribution({k: units[k] for k in chosen}, kind, threshold,
-                                                   rundata.score_label(run.suspicious)), key="dist_chart")
+        shown = {k: units[k] for k in chosen}
+        fig = figures.score_distribution(shown, kind, threshold, rundata.score_label(run.suspicious))
+        if kind != "histogram":
+            st.plotly_chart(fig, key="dist_chart")
+        else:
+            event = st.plotly_chart(fig, key="dist_chart", on_select="rerun", selection_mode="points")
+            st.caption("Click a bar to open its most suspicious neuron in the neuron inspector.")
+            picked = rundata.neuron_from_histogram_click(event, shown, run.suspicious)
+            if picked:
+                _open_neuron({"layer": picked[0], "index": picked[1]})
     density = (res.get("extras") or {}).get("density")
     if density:
         st.markdown("**Hölder-constant density per layer, with the cut the defense chose** "

@@ -27,6 +27,7 @@ units = rundata.sweep_units(run.scores, run.suspicious)
 pruned = rundata.selected(units, threshold, run.suspicious)
 layers = list(run.scores)
 LAYER_KEY, INDEX_KEY = f"neuron_layer_{run_id}", f"neuron_index_{run_id}"
+FOLDER = str(run.path.resolve())  # the caches' key with the run id
 
 
 def _choose(layer: str, index: int) -> None:
@@ -81,7 +82,7 @@ if run.suspicious == "low":
 
 st.subheader("What it responds to")
 try:
-    acts = cache.neuron_activations(run_id)
+    acts = cache.neuron_activations(run_id, FOLDER)
 except USER_ERRORS as e:
     show_error(e)
     st.stop()
@@ -89,16 +90,21 @@ a = acts["acts"][layer]
 gap = float(acts["gaps"][layer][index])
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(neuron_figures.activation_histogram(a["clean"][:, index], a.get("triggered", [None])[:, index]
-                                                 if "triggered" in a else None, gap), key="activation_hist")
+    recovered = acts.get("recovered", {}).get(layer)
+    st.plotly_chart(neuron_figures.activation_histogram(
+        a["clean"][:, index], a["triggered"][:, index] if "triggered" in a else None, gap,
+        recovered=None if recovered is None else recovered[:, index]), key="activation_hist")
     gaps = np.concatenate([np.abs(g) for g in acts["gaps"].values()])
     if gap == gap:
         st.caption(f"The trigger moves this neuron by {gap:+.1f} of its clean standard deviations; "
                    f"{int((gaps > abs(gap)).sum())} neurons of the run move more.")
+    elif recovered is not None:
+        st.caption(f"No trigger is known for this run; the purple bars stamp the trigger Neural Cleanse recovered "
+                   f"for label {acts['recovered_label']} (Triggers page).")
     else:
         st.caption("No trigger is known for this run: clean activations only.")
 with right:
-    bundle, trigger = cache.run_inputs(run_id)
+    bundle, trigger = cache.run_inputs(run_id, FOLDER)
     top = acts["images"][np.argsort(-a["clean"][:, index])[:8]]
     st.plotly_chart(figures.image_grid([bundle.test.images(np.asarray([i]))[0].numpy() for i in top],
                                        [f"#{int(i)}" for i in top], ncols=4,
@@ -107,7 +113,7 @@ with right:
 method = st.radio("Attribution", ATTRIBUTIONS, horizontal=True, key="neuron_attr",
                   help="Which input pixels make this neuron fire (captum), on one clean test image and, when the "
                        "trigger is known, on the same image with it.")
-maps = cache.neuron_maps(run_id, layer, index, method, int(acts["images"][0]))
+maps = cache.neuron_maps(run_id, layer, index, method, int(acts["images"][0]), FOLDER)
 titles = ["clean", "with the trigger"][:len(maps["images"])]
 st.plotly_chart(neuron_figures.neuron_maps_figure(maps["images"], maps["feature"], maps["attribution"], titles, method),
                 key="neuron_maps")
