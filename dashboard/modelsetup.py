@@ -137,6 +137,25 @@ def data_spec(dataset: str, location: str = "", clean_count: int = 500, seed: in
     return spec
 
 
+def normalization_spec(choice: str, custom: str = ""):
+    """The model spec's ``normalize`` from the form: None, a preset name, or mean/std from
+    "m1,m2,m3 / s1,s2,s3"; one sentence for text that is not that."""
+    from defenses.normalization import resolve
+
+    if choice == "none":
+        return None
+    if choice != "custom":
+        return choice
+    parts = [p.strip() for p in (custom or "").split("/")]
+    try:
+        spec = {"mean": [float(v) for v in parts[0].split(",")], "std": [float(v) for v in parts[1].split(",")]}
+    except (ValueError, IndexError):
+        raise ValueError(f"Write the custom normalisation as mean values / std values, e.g. 0.49,0.48,0.45 / "
+                         f"0.25,0.24,0.26, got {custom!r}.") from None
+    resolve(spec)
+    return spec
+
+
 def trigger_spec(kind: str, **fields) -> dict | None:
     """A TriggerSpec dict from the page's fields, or None when the trigger is unknown."""
     if kind == "unknown":

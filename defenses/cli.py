@@ -45,6 +45,24 @@ def _json_arg(flag: str, text: str | None, default=None):
                          f"write it like '{{\"key\": 1}}' with double quotes.") from None
 
 
+def _normalization(args):
+    """--normalize NAME, or --mean and --std as comma-separated numbers; None: pixels in [0, 1]."""
+    if getattr(args, "mean", None) or getattr(args, "std", None):
+        if not (args.mean and args.std):
+            raise ValueError("Give both --mean and --std (comma-separated, one value per channel), or --normalize NAME.")
+        try:
+            spec = {"mean": [float(v) for v in args.mean.split(",")], "std": [float(v) for v in args.std.split(",")]}
+        except ValueError:
+            raise ValueError(f"--mean and --std take comma-separated numbers, got {args.mean!r} and {args.std!r}.") \
+                from None
+    else:
+        spec = getattr(args, "normalize", None)
+    from .normalization import resolve
+
+    resolve(spec)  # one sentence now for a bad one
+    return None if spec in (None, "", "none") else spec
+
+
 def build_request(args) -> RunRequest:
     from .base import get_defense
 
@@ -52,6 +70,7 @@ def build_request(args) -> RunRequest:
     if args.demo and not info.demo:
         raise ValueError(f"{info.title.split(':')[0]} has no demo budget; run it without --demo.")
     params = {**(info.demo if args.demo else {}), **_parse_sets(args.set)}  # --set wins over the demo
+    normalize = _normalization(args)
     if args.model:
         model = {"sample": args.model}
     elif args.checkpoint and args.arch:
@@ -61,6 +80,8 @@ def build_request(args) -> RunRequest:
             model["num_classes"] = args.num_classes
     else:
         raise ValueError("Give a sample with --model NAME, or your own weights with --arch ARCH --checkpoint FILE.")
+    if normalize is not None:
+        model["normalize"] = normalize
     data = {"dataset": args.dataset, "seed": args.seed}
     if args.root:
         data["root"] = os.path.abspath(args.root)
@@ -137,6 +158,11 @@ def cmd_run(args) -> int:
     res = read_json(run_dir / "result.json")
     b, d = res["baseline"], res["default"]
     print(f"before: ACC {b['acc']:.4f} ASR {_fmt(b['asr'])}")
+    from .normalization import chance_warning
+
+    warning = chance_warning(b["acc"], res.get("num_classes") or 0)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"after pruning {d['n_pruned']} neurons at the default cut: ACC {d['acc']:.4f} ASR {_fmt(d['asr'])}")
     oracle = read_json(run_dir / "oracle.json")
     if oracle is not None:
@@ -228,6 +254,11 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--clean-fraction", type=float)
     r.add_argument("--seed", type=int, default=0, help="seed of the data split")
     r.add_argument("--trigger", help='JSON trigger, e.g. {"kind": "badnets", "size": 3, "target": 0}')
+    r.add_argument("--normalize", metavar="PRESET",
+                   help="the input normalisation the model was trained with: cifar10, cifar100, gtsrb, imagenet, "
+                        "mnist or none (the default: pixels in [0, 1])")
+    r.add_argument("--mean", help="or the normalisation's per-channel mean, comma-separated (with --std)")
+    r.add_argument("--std", help="and its per-channel std, comma-separated")
     r.add_argument("--device", default="auto")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="a defense hyperparameter (repeatable)")
     r.add_argument("--demo", action="store_true",

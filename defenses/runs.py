@@ -249,11 +249,15 @@ def list_runs(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> list[dict]:
 
 
 def load_model(model_spec: dict, data_shape=None, num_classes=None):
-    """(model, trigger spec dict or None from the sample catalog, description)."""
+    """(model, trigger spec dict or None from the sample catalog, description). The spec's
+    ``normalize`` (a preset name or mean/std) goes in front of the model (defenses.normalization)."""
+    from .normalization import attach as attach_normalization
+
     if "sample" in model_spec:
         from sample_models import load_sample
 
         s = load_sample(model_spec["sample"])
+        attach_normalization(s.model, model_spec.get("normalize"), (data_shape or (1,))[0])
         return s.model, (s.spec.to_dict() if s.spec else None), s.entry["title"]
     from .checkpoints import CheckpointError, load_into, load_state_dict
     from .models import architectures_fitting, build_model
@@ -273,6 +277,7 @@ def load_model(model_spec: dict, data_shape=None, num_classes=None):
             raise
         raise CheckpointError(f"{str(e).rstrip('.')}; its parameter names fit {', '.join(fits)}: choose that "
                               "architecture.") from None
+    attach_normalization(model, model_spec.get("normalize"), c)  # in front of the model, never inside it
     model.eval()
     return model, None, f"{arch} from {Path(model_spec['checkpoint']).name}"
 
@@ -316,6 +321,9 @@ def load_inputs(model_spec: dict, data_spec: dict, trigger_dict: dict | None):
     check_model_fits_data(model, data)
     trigger_dict = trigger_dict if trigger_dict is not None else sample_trigger
     trigger = TriggerSpec.from_dict(trigger_dict).build(data.shape) if trigger_dict else None
+    if trigger is not None and not 0 <= trigger.target < data.num_classes:  # else ASR silently reads 0
+        raise ValueError(f"The target label {trigger.target} is not one of the dataset's {data.num_classes} classes "
+                         f"(0 to {data.num_classes - 1}).")
     return data, model, trigger_dict, trigger, title
 
 

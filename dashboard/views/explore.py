@@ -12,6 +12,7 @@ from dashboard import cache, figures, rundata
 from dashboard.common import (USER_ERRORS, fmt_rate, page_link, pick_finished_run, save_threshold, saved_threshold,
                               show_error)
 from defenses.evaluation import acc_budget_cut
+from defenses.normalization import chance_warning
 
 st.title("Explore a finished run")
 url_run, url_t = st.query_params.get("run"), st.query_params.get("t")  # a link or a reload: ?run=ID&t=0.3
@@ -82,6 +83,9 @@ m2.metric("ASR after pruning", fmt_rate(row["asr"]), delta=asr_delta,
 m3.metric("Neurons pruned", f"{row['n_pruned']} / {sum(v.size for v in run.scores.values())}")
 d = res.get("default", {})
 # a line, not a fourth metric: "ACC / ASR" in a metric's large type is cut off at 1000 px
+near_chance = chance_warning(base.get("acc", 1.0), res.get("num_classes") or 0)
+if near_chance:
+    st.warning(near_chance, icon=":material/warning:")
 st.caption(f"The defense's own cut prunes {d.get('n_pruned')} neurons: ACC {fmt_rate(d.get('acc'))}, "
            f"ASR {fmt_rate(d.get('asr'))}; before pruning ACC {fmt_rate(base.get('acc'))}, "
            f"ASR {fmt_rate(base.get('asr'))}.")

@@ -6,7 +6,8 @@ import streamlit as st
 from dashboard import cache, figures
 from dashboard.common import (USER_ERRORS, current_choice, default_sample, fmt_rate, sample_choice, show_error)
 from dashboard.modelsetup import (DATASETS, DEFAULT_MAX_UPLOAD_MB, POSITIONS, accept_upload, architecture_name,
-                                  data_spec, parse_kwargs, trigger_spec)
+                                  data_spec, normalization_spec, parse_kwargs, trigger_spec)
+from defenses.normalization import PRESETS as NORM_PRESETS, chance_warning
 from dashboard.rundata import runs_dir
 from defenses.models import ARCHITECTURES
 from sample_models import catalog, efficacy_rows, training_summary
@@ -77,6 +78,13 @@ else:
         kwargs_text = st.text_input("Architecture arguments (JSON)", value="{}", key="arch_kwargs")
         num_classes = st.number_input("Number of classes (0: the dataset's)", min_value=0, value=0, step=1,
                                       key="num_classes")
+        norm_choice = st.selectbox(
+            "Input normalisation it was trained with", ["none", *NORM_PRESETS, "custom"], key="normalize",
+            format_func=lambda n: {"none": "none (pixels in [0, 1])", "custom": "custom mean and std"}.get(n, n),
+            help="Most CIFAR scripts train on Normalize(mean, std); measured on raw pixels such a model's ACC and "
+                 "ASR are silently wrong. Applied in front of the model; triggers stay in pixel space.")
+        norm_text = (st.text_input("Mean, std per channel (e.g. 0.49,0.48,0.45 / 0.25,0.24,0.26)", key="norm_custom")
+                     if norm_choice == "custom" else "")
     with a3:
         dataset = st.selectbox("Dataset", DATASETS, key="dataset",
                                help="mnist5k ships with the project (offline); the others are read from your disk.")
@@ -124,6 +132,9 @@ else:
             model_spec = {"architecture": architecture_name(arch_choice, tv_name, local_class),
                           "checkpoint": str(upload.path), "arch_kwargs": parse_kwargs(kwargs_text),
                           "num_classes": int(num_classes) or None, "input_shape": None}
+            normalize = normalization_spec(norm_choice, norm_text)
+            if normalize is not None:
+                model_spec["normalize"] = normalize
             new = {"model": model_spec, "data": data_spec(dataset, location, int(own_clean)),
                    "trigger": trigger_spec(kind, **fields), "label": f"{model_spec['architecture']} · "
                    f"{(uploaded.name if uploaded is not None else local_path.strip())}"}
@@ -151,6 +162,9 @@ m2.metric("Attack success rate (ASR)", fmt_rate(summary["asr"]),
           help="Fraction of triggered test images (true label not the target) classified as the target.")
 m3.metric("Classes", summary["num_classes"])
 st.caption(summary["data"])
+near_chance = chance_warning(summary["acc"], summary["num_classes"])
+if near_chance:
+    st.warning(near_chance, icon=":material/warning:")
 images = list(summary["clean"])
 titles = [f"label {y} → {p}" for y, p in zip(summary["labels"], summary["pred"])]
 if summary["triggered"] is not None:
