@@ -27,6 +27,7 @@ class LiveView:
     probes: list[dict] = field(default_factory=list)
     baseline: dict | None = None
     snapshots: list[int] = field(default_factory=list)
+    eta_s: float | None = None  # seconds left in the current stage, from its steps so far
 
     @property
     def fraction(self) -> float:
@@ -43,9 +44,11 @@ def live_view(run_dir: Path) -> LiveView:
     prog = status.get("progress") or {}
     step_stage, step, total = prog.get("stage", ""), prog.get("step", 0), prog.get("total", 0)
     stages, defense_steps, probes, baseline = [], [], [], None
-    current = ""
+    current, timed = "", []
     for ev in events:
         kind = ev.get("type")
+        if kind == "step" and ev.get("stage") == step_stage and isinstance(ev.get("t"), (int, float)):
+            timed.append((ev["step"], ev["t"]))
         if kind == "stage":
             current = ev["stage"]
             stages.append(current)
@@ -58,7 +61,27 @@ def live_view(run_dir: Path) -> LiveView:
     return LiveView(state=status.get("state", "?"), error=status.get("error"), stage=stages[-1] if stages else "queued",
                     step_stage=str(step_stage), step=int(step or 0),
                     total=int(total or 0), stages_seen=stages, defense_steps=defense_steps, probes=probes,
-                    baseline=baseline, snapshots=[s for s, _ in list_snapshots(run_dir)])
+                    baseline=baseline, snapshots=[s for s, _ in list_snapshots(run_dir)],
+                    eta_s=stage_eta(timed, int(total or 0)))
+
+
+def stage_eta(timed: list[tuple[int, float]], total: int) -> float | None:
+    """Seconds left in a stage at the pace of its steps so far ((step, time) pairs), once it has
+    taken a few steps; None before that."""
+    if len(timed) < 2 or total <= 0:
+        return None
+    (s0, t0), (s1, t1) = timed[0], timed[-1]
+    if s1 <= s0 or s1 < 3:
+        return None
+    return max(0.0, (t1 - t0) / (s1 - s0) * (total - s1))
+
+
+def fmt_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 STAGE_WORDS = {"loading": "loading the model and data", "defense": "defense", "sweep": "sweeping the threshold",
@@ -71,7 +94,8 @@ def status_line(view: LiveView) -> str:
     if view.state != "running":
         return view.state
     doing = view.step_stage if view.total else STAGE_WORDS.get(view.stage, view.stage)
-    return f"running · {doing}" + (f" {view.step}/{view.total}" if view.total else "")
+    eta = f" · about {fmt_duration(view.eta_s)} left in this stage" if view.eta_s is not None else ""
+    return f"running · {doing}" + (f" {view.step}/{view.total}" if view.total else "") + eta
 
 
 def live_score_label(defense: str | None) -> str:

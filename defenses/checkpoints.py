@@ -100,7 +100,14 @@ def _as_state_dict(obj, label: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{label} does not hold a state dict (a mapping of parameter names to tensors).")
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise CheckpointError(f"{label} holds a mapping with no tensors in it; save `model.state_dict()`.")
+        nested = [k for k, v in obj.items() if isinstance(v, dict) and any(isinstance(t, torch.Tensor)
+                                                                          for t in v.values())]
+        found = f"it holds the keys {_list(map(str, obj))}"
+        if nested:  # an unknown wrapper, e.g. {"student": state_dict}: say where the tensors are
+            raise CheckpointError(f"{label} is a wrapper prunescope does not know ({found}); the tensors are under "
+                                  f"{_list(repr(k) for k in nested)}: save that entry alone, as in "
+                                  f"`torch.save(ckpt[{nested[0]!r}], 'weights.pt')`.")
+        raise CheckpointError(f"{label} holds a mapping with no tensors in it ({found}); save `model.state_dict()`.")
     # DataParallel / torch.compile prefixes
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in tensors):

@@ -87,11 +87,13 @@ def default_thresholds(suspicious: str, points: int = 20) -> list[float]:
 def sweep(model: nn.Module, neuron_map: NeuronMap, scores: dict[str, torch.Tensor], suspicious: str,
           test: ArraySplit, trigger: Trigger | None = None, *, rule: str = "gamma", by: str = "threshold",
           values: list[float] | None = None, callback: Callback | None = None, device=None,
-          batch_size: int = 500) -> list[SweepRow]:
+          batch_size: int = 500, evaluations: dict | None = None) -> list[SweepRow]:
     """ACC and ASR of the model pruned at each threshold (``by="threshold"``) or each number of
     neurons (``by="count"``). For constants (``suspicious="high"``) thresholds are ``u`` values on
     per-layer standardized scores (see :func:`sweep_scores`). Points whose pruned set equals the previous point's reuse its
-    evaluation, so a sweep never costs more than the distinct pruned models it contains."""
+    evaluation, so a sweep never costs more than the distinct pruned models it contains; pass the same
+    ``evaluations`` dict to several sweeps of one model and split (by :func:`selection_key`) and they
+    share them too (a run's threshold and count sweeps, seeded with its baseline and own cut)."""
     callback = callback or NullCallback()
     scores = sweep_scores(scores, suspicious)
     if by == "threshold":
@@ -105,13 +107,13 @@ def sweep(model: nn.Module, neuron_map: NeuronMap, scores: dict[str, torch.Tenso
         raise ValueError(f"Sweep by 'threshold' or 'count', not {by!r}.")
     pruner = Pruner(model, neuron_map, device)
     rows: list[SweepRow] = []
-    cache: dict[bytes, dict] = {}
+    cache: dict[bytes, dict] = evaluations if evaluations is not None else {}
     callback.begin(len(values), {"sweep": len(values)})
     error = None
     try:
         for i, v in enumerate(values, 1):
             sel = select(v)
-            key = b"".join(s.to(torch.uint8).numpy().tobytes() for s in sel.values())
+            key = selection_key(sel)
             if key not in cache:
                 cache[key] = evaluate(pruner.apply(sel, rule), test, trigger, batch_size=batch_size, device=device)
             m = cache[key]
@@ -123,6 +125,11 @@ def sweep(model: nn.Module, neuron_map: NeuronMap, scores: dict[str, torch.Tenso
     finally:
         callback.end(error)
     return rows
+
+
+def selection_key(selection: dict[str, torch.Tensor]) -> bytes:
+    """Which neurons a selection prunes, as bytes: equal keys, equal pruned models."""
+    return b"".join(f"{k}:".encode() + s.to(torch.uint8).cpu().numpy().tobytes() for k, s in sorted(selection.items()))
 
 
 def acc_budget_cut(rows: list[dict], baseline_acc: float, budget: float) -> dict | None:

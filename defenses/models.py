@@ -230,7 +230,7 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_si
     if name.startswith("tv:"):
         return _torchvision_model(name[3:], num_classes, in_channels, **kwargs)
     if ".py:" in name:
-        return load_user_class(name, **kwargs)
+        return load_user_class(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
     raise ModelError(f"Unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}, tv:NAME or path/to/file.py:ClassName.")
 
 
@@ -253,8 +253,11 @@ def _torchvision_model(name, num_classes, in_channels, **kwargs):
     return model
 
 
-def load_user_class(spec: str, **kwargs) -> nn.Module:
-    """Import ``path/to/file.py:ClassName`` from the user's own disk and instantiate it.
+def load_user_class(spec: str, num_classes: int | None = None, in_channels: int | None = None,
+                    **kwargs) -> nn.Module:
+    """Import ``path/to/file.py:ClassName`` from the user's own disk and instantiate it, passing
+    ``num_classes`` and ``in_channels`` when its constructor takes them (by those names, or any
+    ``**kwargs``) and the user's own keywords as they are.
 
     This executes the user's file, so it is only offered for paths on the local machine, never
     for an uploaded file."""
@@ -273,6 +276,14 @@ def load_user_class(spec: str, **kwargs) -> nn.Module:
     cls = getattr(module, cls_name, None)
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
         raise ModelError(f"{path} has no nn.Module subclass named {cls_name!r}.")
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if value is not None and key not in kwargs and (key in params or takes_any):
+            kwargs[key] = value
     try:
         return cls(**kwargs)
     except Exception as e:

@@ -264,8 +264,12 @@ def load_model(model_spec: dict, data_shape=None, num_classes=None):
 
     arch = model_spec["architecture"]
     c, h, _ = model_spec.get("input_shape") or data_shape
-    classes = model_spec.get("num_classes") or num_classes
-    model = build_model(arch, classes, c, h, **model_spec.get("arch_kwargs", {}))
+    kwargs = dict(model_spec.get("arch_kwargs") or {})
+    # the class count and channels given as architecture keywords win over the dataset's (no clash)
+    classes = kwargs.pop("num_classes", None) or model_spec.get("num_classes") or num_classes
+    c = kwargs.pop("in_channels", None) or c
+    h = kwargs.pop("image_size", None) or h
+    model = build_model(arch, classes, c, h, **kwargs)
     try:
         load_into(model, model_spec["checkpoint"])
     except CheckpointError as e:
@@ -477,17 +481,21 @@ def execute(run_dir: str | Path) -> str:
 
 
 def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
-    from .evaluation import evaluate, sweep
+    from .evaluation import evaluate, selection_key, sweep
     from .neurons import count_selected, find_neurons, prune, selection_by_threshold
 
     device = resolve_device_name(cfg.get("device", "auto"))
     torch.manual_seed(cfg["params"].get("seed", 0))
     cb.emit(type="stage", stage="loading")
+    t0 = time.perf_counter()
     data, model, trigger_dict, trigger, title = load_inputs(cfg["model"], cfg["data"], cfg.get("trigger"))
     model.to(device)
     nmap = find_neurons(model, data.shape, device)
+    t1 = time.perf_counter()
     baseline = evaluate(model, data.test, trigger, device=device)
     cb.emit(type="baseline", **baseline)
+    # Where a run's time goes (timings.json): the worker's start-up is the time before "loading".
+    timings = {"loading_s": t1 - t0, "baseline_s": time.perf_counter() - t1}
 
     info = get_defense(cfg["defense"])
     config = config_from_dict(info.config_cls, cfg["params"])
@@ -507,12 +515,16 @@ def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
         suspicious_rule.update(threshold=config.threshold, suspicious="low", rule="gamma")
     cb.probe = probe
     cb.emit(type="stage", stage="defense")
+    t2 = time.perf_counter()
     result = defense.run(model, data.clean, callback=cb, device=device)
     save_tensors(run_dir / "scores.safetensors", result.scores)
+    t3 = time.perf_counter()
+    timings["defense_s"] = t3 - t2
 
     default_sel = selection_by_threshold(result.scores, result.threshold, result.suspicious)
     default = evaluate(prune(model, nmap, default_sel, result.prune_rule), data.test, trigger, device=device)
     default["n_pruned"] = count_selected(default_sel)
+    timings["own_cut_s"] = time.perf_counter() - t3
 
     extras = {k: v for k, v in result.extras.items() if _is_plain(v)}
     layers = [dataclasses.asdict(l) for l in nmap.layers if l.name in result.scores]
@@ -525,12 +537,21 @@ def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
     write_json(run_dir / "result.json", summary)
 
     cb.emit(type="stage", stage="sweep")
+    t_sweep = time.perf_counter()
+    # One evaluation per distinct pruned model in the whole run: both sweeps share them, starting
+    # with the two already made (nothing pruned: the baseline; the defense's own cut).
+    empty = {k: torch.zeros(v.numel(), dtype=torch.bool) for k, v in result.scores.items()}
+    evaluations = {selection_key(empty): baseline,
+                   selection_key(default_sel): {"acc": default["acc"], "asr": default["asr"]}}
+    seeded = len(evaluations)  # 1 when the own cut prunes nothing
     sweeps = {}
     for by in ("threshold", "count"):
         rows = sweep(model, nmap, result.scores, result.suspicious, data.test, trigger, rule=result.prune_rule,
-                     by=by, callback=cb, device=device)
+                     by=by, callback=cb, device=device, evaluations=evaluations)
         sweeps[by] = [r.to_dict() for r in rows]
     write_json(run_dir / "sweep.json", sweeps)
+    timings["sweeps_s"], timings["evaluations"] = time.perf_counter() - t_sweep, len(evaluations) - seeded
+    write_json(run_dir / "timings.json", timings)
 
     if cfg.get("oracle") and trigger is not None:
         cb.emit(type="stage", stage="oracle")

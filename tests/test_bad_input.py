@@ -127,6 +127,8 @@ CASES = [
     ("trigger bigger than the image", SAMPLE + ["--trigger", '{"kind": "badnets", "size": 40}'], "40"),
     ("a GPU where there is none", SAMPLE + ["--device", "cuda"], "A GPU was asked for but none is available"),
     # the defense's own check, before a worker starts (the Defend page runs the same preflight)
+    ("the class count as an architecture keyword", ["--arch", "cnn", "--arch-kwargs", '{"num_classes": 43}',
+                                                     "--checkpoint", "{good}"], "the file has 10 classes, the model 43"),
     ("Hölder on a model without an MLP head", SAMPLE + ["--defense", "holder"], "needs an MLP head"),
     ("a neuron layer the model does not have", SAMPLE + ["--set", "layers=nope"], "No neuron layer named nope"),
 ]

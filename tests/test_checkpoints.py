@@ -134,3 +134,42 @@ def test_fuzzed_bytes_only_ever_get_a_checkpoint_error():
         with pytest.raises(CheckpointError) as err:
             load_state_dict(data)
         assert one_sentence(str(err.value))
+
+
+def test_an_unknown_wrapper_names_its_keys_and_where_the_tensors_are(tmp_path):
+    path = tmp_path / "distilled.pt"
+    torch.save({"student": small().state_dict(), "epoch": 3}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_state_dict(path)
+    msg = str(e.value)
+    assert one_sentence(msg), msg
+    assert "it holds the keys student, epoch" in msg and "the tensors are under 'student'" in msg, msg
+    assert "torch.save(ckpt['student'], 'weights.pt')" in msg
+
+
+def test_a_users_class_gets_the_class_count_and_channels(tmp_path):
+    from defenses.runs import load_model
+
+    src = tmp_path / "net.py"
+    src.write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, num_classes=10, in_channels=3, width=8):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(in_channels, width, 3)\n"
+        "        self.bn = nn.BatchNorm2d(width)\n"
+        "        self.fc = nn.Linear(width, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(self.bn(self.conv(x)).mean((2, 3)))\n")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("users_net", src)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.save(module.Net(num_classes=43, in_channels=1).state_dict(), tmp_path / "w.pt")
+    model, _, _ = load_model({"architecture": f"{src}:Net", "checkpoint": str(tmp_path / "w.pt"),
+                              "num_classes": 43}, (1, 28, 28), 10)
+    assert model.conv.in_channels == 1 and model.fc.out_features == 43  # the run's, not the class defaults
+    model, _, _ = load_model({"architecture": f"{src}:Net", "checkpoint": str(tmp_path / "w.pt"),
+                              "arch_kwargs": {"num_classes": 43}}, (1, 28, 28), 10)
+    assert model.fc.out_features == 43  # as an architecture keyword too, without a clash

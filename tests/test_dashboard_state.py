@@ -184,6 +184,14 @@ def test_status_line_is_one_word_and_what_the_run_does():
         "running · loading the model and data"
 
 
+def test_the_status_line_estimates_the_time_left_after_a_few_steps():
+    assert liveview.stage_eta([(1, 100.0)], 150) is None  # one step: no pace yet
+    assert liveview.stage_eta([(1, 100.0), (11, 105.0)], 150) == pytest.approx(0.5 * 139)
+    view = liveview.LiveView("running", None, "defense", "anp", 11, 150, eta_s=69.5)
+    assert liveview.status_line(view) == "running · anp 11/150 · about 70 s left in this stage"
+    assert liveview.fmt_duration(600) == "10 min" and liveview.fmt_duration(9000) == "2.5 h"
+
+
 def test_no_change_is_not_coloured():
     assert rundata.points_delta(0.5, 0.5) == "±0.0 pts" and not rundata.is_change("±0.0 pts")
     assert rundata.points_delta(0.51, 0.5) == "+1.0 pts" and rundata.is_change("+1.0 pts")

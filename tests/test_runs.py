@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from defenses.runs import (RunRequest, cancel_run, create_run, execute, list_runs, list_snapshots, load_tensors,
                            fair_threads, read_events, read_json, read_status, start_run, write_json)
@@ -45,6 +46,19 @@ def test_a_run_writes_every_artefact(tmp_path):
     assert [r["threshold"] for r in sweep["threshold"]][:3] == [0.0, 0.05, 0.1] and len(sweep["threshold"]) == 20
     assert sweep["count"][0]["n_pruned"] == 0 and sweep["count"][0]["acc"] == pytest.approx(result["baseline"]["acc"])
     assert list_runs(tmp_path)[0]["run_id"] == run_dir.name
+    # each distinct pruned model of the run is evaluated once: both sweeps share, and reuse the
+    # baseline (nothing pruned) and the defense's own cut
+    from defenses.evaluation import selection_key, sweep_scores
+    from defenses.neurons import selection_by_count, selection_by_threshold
+
+    units = sweep_scores(scores, "low")
+    keys = {selection_key(selection_by_threshold(units, r["threshold"], "low")) for r in sweep["threshold"]}
+    keys |= {selection_key(selection_by_count(units, r["threshold"], "low")) for r in sweep["count"]}
+    keys -= {selection_key({k: torch.zeros(v.numel(), dtype=torch.bool) for k, v in scores.items()}),
+             selection_key(selection_by_threshold(scores, result["threshold"], "low"))}
+    timings = read_json(run_dir / "timings.json")
+    assert timings["evaluations"] == len(keys)
+    assert {"loading_s", "baseline_s", "defense_s", "own_cut_s", "sweeps_s"} <= set(timings)
 
 
 def test_a_failed_run_records_one_sentence(tmp_path):
