@@ -118,3 +118,17 @@ def test_without_a_trigger_the_recovered_one_is_stamped_instead(runs):
     no_exception(at, "neuron without a trigger")
     assert any("recovered for label 0" in c.value for c in at.caption), [c.value for c in at.caption]
     assert not any("of its attribution on the triggered image" in c.value for c in at.caption)
+
+
+def test_a_click_on_the_network_map_opens_that_neuron_and_the_pickers_stay_free(runs):
+    make_run(runs, RUN)
+    at = neuron_page(run=RUN, layer="features.8", index="3")
+    at.session_state["network_map"] = {"selection": {"points": [{"curve_number": 0, "customdata": ["classifier.2", 7]}],
+                                                     "point_indices": [], "box": [], "lasso": []}}
+    at.run()
+    no_exception(at, "map click")
+    assert (at.selectbox(key=f"neuron_layer_{RUN}").value, at.number_input(key=f"neuron_index_{RUN}").value) == \
+        ("classifier.2", 7)
+    assert metric(at, "Rank overall") == "2 of 320"
+    at.number_input(key=f"neuron_index_{RUN}").set_value(8).run()  # the same click does not pull it back
+    assert at.number_input(key=f"neuron_index_{RUN}").value == 8 and at.query_params["index"] == "8"

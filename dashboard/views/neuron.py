@@ -5,6 +5,8 @@ Its card (score, ranks, whether the cut prunes it, its mask during the run), wha
 it (a captum neuron attribution), and what cutting it does (two evaluations, on demand, kept in
 the run folder). The run and the neuron are in the URL (``?run=ID&layer=NAME&index=I``).
 """
+import json
+
 import numpy as np
 import streamlit as st
 
@@ -34,13 +36,19 @@ def _choose(layer: str, index: int) -> None:
     st.session_state[LAYER_KEY], st.session_state[INDEX_KEY] = layer, int(index)
 
 
-def _on_map_click() -> None:
+def _map_click() -> tuple[str, int] | None:
+    """The neuron of a new click on the network map (read before the pickers are drawn, so it can
+    move them); a click already handled returns None, so the pickers stay free to move on."""
     points = ((st.session_state.get("network_map") or {}).get("selection") or {}).get("points") or []
+    seen = json.dumps(points, sort_keys=True, default=str)
+    if seen == st.session_state.get("network_map_handled"):
+        return None
+    st.session_state["network_map_handled"] = seen
     for p in points:
         data = p.get("customdata") if hasattr(p, "get") else None
         if isinstance(data, (list, tuple)) and len(data) == 2 and data[0] in run.scores:
-            _choose(str(data[0]), int(data[1]))
-            return
+            return str(data[0]), int(data[1])
+    return None
 
 
 if st.session_state.get(LAYER_KEY) not in layers:  # a link, else the most suspicious neuron of the run
@@ -51,13 +59,16 @@ if st.session_state.get(LAYER_KEY) not in layers:  # a link, else the most suspi
     except (TypeError, ValueError):
         index = 0
     _choose(wanted, min(max(index, 0), len(run.scores[wanted]) - 1))
+clicked = _map_click()
+if clicked:
+    _choose(*clicked)
 
 c1, c2 = st.columns([3, 1])
 layer = c1.selectbox("Layer", layers, key=LAYER_KEY)
 index = int(c2.number_input("Index", min_value=0, max_value=len(run.scores[layer]) - 1, step=1, key=INDEX_KEY))
 st.query_params["run"], st.query_params["layer"], st.query_params["index"] = run_id, layer, str(index)
 st.plotly_chart(neuron_figures.network_map(units, pruned, run.suspicious, (layer, index)), key="network_map",
-                on_select=_on_map_click, selection_mode="points")
+                on_select="rerun", selection_mode="points")
 
 # ---------------------------------------------------------------- its card
 
