@@ -20,7 +20,7 @@ def network_map(units: Mapping[str, Sequence[float]], pruned: Mapping[str, Seque
     ``[layer, index]`` in ``customdata`` so a click picks it. A scatter of square markers, not a
     heatmap, because a click selects scatter points (WebGL: 4,800 neurons draw at once)."""
     layers = list(units)
-    xs, ys, zs, data, line = [], [], [], [], []
+    xs, ys, zs, data, line, pruned_cells = [], [], [], [], [], []
     for name in layers:
         u = np.asarray(units[name], dtype=float)
         p = np.asarray(pruned.get(name, np.zeros(len(u), bool)), dtype=bool)
@@ -28,12 +28,15 @@ def network_map(units: Mapping[str, Sequence[float]], pruned: Mapping[str, Seque
         ys.extend([name] * len(u))
         zs.extend(u.tolist())
         data.extend([name, i] for i in range(len(u)))
-        line.extend(np.where(p, 1.5, 0.0).tolist())
+        line.extend(np.where(p, 1.0, 0.0).tolist())
+        pruned_cells.extend(p.tolist())
     widest = max((len(units[n]) for n in layers), default=1)
     size = float(np.clip(900 / max(widest, 1), 3, 14))
+    # pruned cells drawn larger, so a few among 512 in a row still show their colour and edge
+    sizes = np.where(np.asarray(pruned_cells, dtype=bool), max(2 * size, 8.0), size).tolist()
     fig = go.Figure(go.Scattergl(
         x=xs, y=ys, mode="markers", customdata=data, name="neurons",
-        marker=dict(symbol="square", size=size, color=zs, colorscale="RdBu" if suspicious == "low" else "RdBu_r",
+        marker=dict(symbol="square", size=sizes, color=zs, colorscale="RdBu" if suspicious == "low" else "RdBu_r",
                     line=dict(width=line, color="black"),
                     colorbar=dict(title="score" if suspicious == "low" else "u", thickness=12)),
         hovertemplate="%{y}[%{x}]<br>score %{marker.color:.4g}<extra></extra>"))
