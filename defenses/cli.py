@@ -210,6 +210,30 @@ def cmd_neuron(args) -> int:
     return 0
 
 
+def cmd_neurons(args) -> int:
+    """The neuron layers the tool finds in a model, before any run: what a defense would score."""
+    from .neurons import find_neurons
+    from .runs import load_inputs
+
+    request = build_request(argparse.Namespace(**vars(args), defense="clp", set=None, demo=False,
+                                               no_trigger_recovery=True, recover_on="unlearned", recovery_set=None,
+                                               oracle=False, oracle_iterations=400, trigger=None))
+    data, model, _, _, title = load_inputs(request.model, request.data, None)
+    nmap = find_neurons(model, data.shape)
+    kinds = {"bn": "BatchNorm channels", "conv": "conv channels", "linear": "linear units"}
+    print(f"{title}: {nmap.total} neurons in {len(nmap.layers)} layers ({data.shape[0]}x{data.shape[1]}x"
+          f"{data.shape[2]} input)")
+    width = max(len(l.name) for l in nmap.layers)
+    for l in nmap.layers:
+        source = f"  (normalises {l.source})" if l.source else ""
+        print(f"  {l.name:<{width}}  {l.size:>5}  {kinds.get(l.kind, l.kind)}{source}")
+    if nmap.left_out:
+        print("left out:")
+        for name, why in nmap.left_out:
+            print(f"  {name}: {why}")
+    return 0
+
+
 def cmd_cancel(args) -> int:
     ok = cancel_run(Path(args.runs_dir) / args.run_id)
     print("cancel sent" if ok else "that run is not running", file=sys.stderr)
@@ -280,6 +304,22 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print a run's status and result")
     s.add_argument("run_id")
     s.set_defaults(func=cmd_show)
+    m = sub.add_parser("neurons", help="the neuron layers found in a model, before any run")
+    m.add_argument("--model", help="a shipped sample model")
+    m.add_argument("--arch", help="architecture name, tv:NAME, or path/to/file.py:ClassName")
+    m.add_argument("--arch-kwargs", help="JSON keyword arguments for the architecture")
+    m.add_argument("--checkpoint", help=".safetensors or .pt state dict")
+    m.add_argument("--num-classes", type=int)
+    m.add_argument("--dataset", default="mnist5k", help="its images give the input shape (see `run`)")
+    m.add_argument("--root", help="local folder of the torchvision dataset")
+    m.add_argument("--clean-count", type=int, default=500)
+    m.add_argument("--clean-fraction", type=float)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--device", default="auto")
+    m.add_argument("--normalize", metavar="PRESET")
+    m.add_argument("--mean")
+    m.add_argument("--std")
+    m.set_defaults(func=cmd_neurons)
     n = sub.add_parser("neuron", help="one neuron of a finished run: its card's numbers")
     n.add_argument("run_id")
     n.add_argument("layer")

@@ -45,6 +45,7 @@ class NeuronMap:
     layers: tuple[NeuronLayer, ...]
     classifier: str | None
     order: tuple[str, ...]  # every traced module in execution order
+    left_out: tuple[tuple[str, str], ...] = ()  # (module, why it is not a neuron layer), for `prunescope neurons`
 
     @property
     def total(self) -> int:
@@ -111,23 +112,33 @@ def find_neurons(model: nn.Module, input_shape: tuple[int, ...], device=None) ->
 
     fed_bn = {first_call[n][1] for n, (m, _, _) in first_call.items() if isinstance(m, _BN)}
     has_bn2d = any(isinstance(m, nn.BatchNorm2d) for m, _, _ in first_call.values())
-    layers = []
+    bn_of = {first_call[n][1]: n for n, (m, _, _) in first_call.items() if isinstance(m, _BN)}
+    layers, left_out = [], []
     for name, (mod, in_id, out_id) in first_call.items():
         if isinstance(mod, _BN):
             if mod.affine:
                 layers.append(NeuronLayer(name, "bn", mod.num_features, out_owner.get(in_id), True))
+            else:
+                left_out.append((name, "a BatchNorm without a learnable scale and shift"))
             continue
-        if name == classifier or out_id in fed_bn:
+        if name == classifier:
+            left_out.append((name, "the final classifier (its outputs are the classes)"))
+            continue
+        if out_id in fed_bn:
+            left_out.append((name, f"covered by the BatchNorm after it ({bn_of[out_id]}), whose channels are the "
+                                   "neurons"))
             continue
         if isinstance(mod, nn.Conv2d):
             if has_bn2d:
+                left_out.append((name, "a Conv2d with no BatchNorm after it in a network that has BatchNorm (e.g. a "
+                                       "shortcut); its channels are read through the next BatchNorm"))
                 continue
             layers.append(NeuronLayer(name, "conv", mod.out_channels, None, mod.bias is not None))
         elif isinstance(mod, nn.Linear):
             layers.append(NeuronLayer(name, "linear", mod.out_features, None, mod.bias is not None))
     if not layers:
         raise NeuronError("The model has no neurons to prune besides its final classifier.")
-    return NeuronMap(tuple(layers), classifier, tuple(first_call))
+    return NeuronMap(tuple(layers), classifier, tuple(first_call), tuple(left_out))
 
 
 # ---------------------------------------------------------------- masks and perturbations

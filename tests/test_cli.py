@@ -53,3 +53,22 @@ def test_demo_flag_takes_the_demo_budget_and_set_overrides_it():
 def test_demo_flag_on_a_defense_without_one_is_one_sentence(tmp_path, capfd):
     assert main(["--runs-dir", str(tmp_path), "run", "--defense", "clp", "--model", "cnn_badnets", "--demo"]) == 2
     assert "CLP has no demo budget; run it without --demo." in capfd.readouterr().err
+
+
+def test_neurons_lists_the_layers_found_and_what_was_left_out(tmp_path, capfd):
+    assert main(["neurons", "--model", "resnet_badnets"]) == 0
+    out = capfd.readouterr().out
+    assert out.startswith("PreAct-ResNet-18 (width 1/4) + BadNets: 976 neurons in 17 layers (1x28x28 input)")
+    assert "layer1.0.bn2     16  BatchNorm channels  (normalises layer1.0.conv1)" in out
+    assert "layer2.0.shortcut.0: a Conv2d with no BatchNorm after it" in out  # covered by the next BN
+    assert "linear: the final classifier" in out
+    import torch
+
+    from defenses.models import build_model
+
+    torch.save(build_model("cnn", 10, 1, 28).state_dict(), tmp_path / "mine.pt")
+    assert main(["neurons", "--arch", "cnn", "--checkpoint", str(tmp_path / "mine.pt")]) == 0
+    out = capfd.readouterr().out
+    assert "features.1" in out and "features.0: covered by the BatchNorm after it (features.1)" in out
+    assert main(["neurons", "--arch", "vgg11_bn", "--checkpoint", str(tmp_path / "mine.pt")]) == 2
+    assert "does not fit this architecture" in capfd.readouterr().err
