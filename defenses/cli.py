@@ -260,6 +260,26 @@ def cmd_dashboard(args) -> int:
     return subprocess.call(cmd, env=env, cwd=root)
 
 
+def _model_and_data_args(p: argparse.ArgumentParser) -> None:
+    """The options that say which model, on which data, shared by `run` and `neurons`."""
+    p.add_argument("--model", help="a shipped sample model (see `prunescope samples`)")
+    p.add_argument("--arch", help="architecture name, tv:NAME, or path/to/file.py:ClassName")
+    p.add_argument("--arch-kwargs", help="JSON keyword arguments for the architecture")
+    p.add_argument("--checkpoint", help=".safetensors or .pt state dict")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--dataset", default="mnist5k", help="mnist5k, cifar10, mnist, gtsrb, folder:PATH, npz:PATH")
+    p.add_argument("--root", help="local folder of the torchvision dataset")
+    p.add_argument("--clean-count", type=int, default=500)
+    p.add_argument("--clean-fraction", type=float)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split")
+    p.add_argument("--normalize", metavar="PRESET",
+                   help="the input normalisation the model was trained with: cifar10, cifar100, gtsrb, imagenet, "
+                        "mnist or none (the default: pixels in [0, 1])")
+    p.add_argument("--mean", help="or the normalisation's per-channel mean, comma-separated (with --std)")
+    p.add_argument("--std", help="and its per-channel std, comma-separated")
+    p.add_argument("--device", default="auto")
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunescope", description="Backdoor neuron-pruning defenses and their dashboard.")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="folder of run folders (default ./runs)")
@@ -267,23 +287,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a defense in a worker process and write a run folder")
     r.add_argument("--defense", required=True, help="anp, rnp, clp or holder")
-    r.add_argument("--model", help="a shipped sample model (see `prunescope samples`)")
-    r.add_argument("--arch", help="architecture name, tv:NAME, or path/to/file.py:ClassName")
-    r.add_argument("--arch-kwargs", help="JSON keyword arguments for the architecture")
-    r.add_argument("--checkpoint", help=".safetensors or .pt state dict")
-    r.add_argument("--num-classes", type=int)
-    r.add_argument("--dataset", default="mnist5k", help="mnist5k, cifar10, mnist, gtsrb, folder:PATH, npz:PATH")
-    r.add_argument("--root", help="local folder of the torchvision dataset")
-    r.add_argument("--clean-count", type=int, default=500)
-    r.add_argument("--clean-fraction", type=float)
-    r.add_argument("--seed", type=int, default=0, help="seed of the data split")
+    _model_and_data_args(r)
     r.add_argument("--trigger", help='JSON trigger, e.g. {"kind": "badnets", "size": 3, "target": 0}')
-    r.add_argument("--normalize", metavar="PRESET",
-                   help="the input normalisation the model was trained with: cifar10, cifar100, gtsrb, imagenet, "
-                        "mnist or none (the default: pixels in [0, 1])")
-    r.add_argument("--mean", help="or the normalisation's per-channel mean, comma-separated (with --std)")
-    r.add_argument("--std", help="and its per-channel std, comma-separated")
-    r.add_argument("--device", default="auto")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="a defense hyperparameter (repeatable)")
     r.add_argument("--demo", action="store_true",
                    help="the defense's demo budget, the Defend page's (docs/demo.md); --set still overrides it")
@@ -305,20 +310,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("run_id")
     s.set_defaults(func=cmd_show)
     m = sub.add_parser("neurons", help="the neuron layers found in a model, before any run")
-    m.add_argument("--model", help="a shipped sample model")
-    m.add_argument("--arch", help="architecture name, tv:NAME, or path/to/file.py:ClassName")
-    m.add_argument("--arch-kwargs", help="JSON keyword arguments for the architecture")
-    m.add_argument("--checkpoint", help=".safetensors or .pt state dict")
-    m.add_argument("--num-classes", type=int)
-    m.add_argument("--dataset", default="mnist5k", help="its images give the input shape (see `run`)")
-    m.add_argument("--root", help="local folder of the torchvision dataset")
-    m.add_argument("--clean-count", type=int, default=500)
-    m.add_argument("--clean-fraction", type=float)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--device", default="auto")
-    m.add_argument("--normalize", metavar="PRESET")
-    m.add_argument("--mean")
-    m.add_argument("--std")
+    _model_and_data_args(m)
     m.set_defaults(func=cmd_neurons)
     n = sub.add_parser("neuron", help="one neuron of a finished run: its card's numbers")
     n.add_argument("run_id")
