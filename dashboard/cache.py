@@ -161,19 +161,13 @@ def pruned_model_bytes(run: rundata.FinishedRun, threshold: float, manifest: dic
 def attributions(run_id: str, threshold: float, method: str, n: int = 4) -> dict:
     """Attribution maps of the original and the pruned model on ``n`` clean and ``n`` triggered
     test images (the first test images whose label is not the target)."""
-    from defenses.runs import load_data
-    from defenses.triggers import TriggerSpec
+    from defenses.inspector import victim_indices
 
     from .attributions import attribution_maps, predictions
 
     run = finished_run(run_id)
-    bundle = load_data(run.config["data"])
-    spec = run.result.get("trigger")
-    trigger = TriggerSpec.from_dict(spec).build(bundle.shape) if spec else None
-    keep = torch.arange(len(bundle.test))
-    if trigger is not None:
-        keep = (bundle.test.y != trigger.target).nonzero().flatten()
-    idx = keep[:n]
+    bundle, trigger = run_inputs(run_id, str(run.path.resolve()))
+    idx = victim_indices(bundle.test, trigger, n)
     x = bundle.test.images(idx)
     # short titles: eight columns at 1000 px leave about 60 px each
     inputs, titles = [x], [f"clean {int(y)}" for y in bundle.test.y[idx]]
@@ -233,46 +227,31 @@ def run_inputs(run_id: str, folder: str):
 def neuron_activations(run_id: str, folder: str) -> dict:
     """Every neuron's activation on up to 1,000 test images, clean and triggered, and each
     neuron's gap; one forward pass over them, then every card of the run reads from here."""
-    from defenses.inspector import activation_gap, layer_activations
+    from defenses.inspector import activation_gap, layer_activations, victim_indices
+    from defenses.trigger_recovery import RecoveredTrigger
 
     run = finished_run(run_id)
     bundle, trigger = run_inputs(run_id, folder)
     model, nmap = run_model(run), _neuron_map(str(run.path), run)
     acts = layer_activations(model, nmap, bundle.test, trigger)
-    keep = torch.arange(len(bundle.test))
-    if trigger is not None:
-        keep = (bundle.test.y != trigger.target).nonzero().flatten()
-    out = {"acts": acts, "gaps": activation_gap(acts), "images": keep[:1000].numpy()}
+    out = {"acts": acts, "gaps": activation_gap(acts), "images": victim_indices(bundle.test, trigger, 1000).numpy()}
     rec_path = run.path / "triggers" / "recovery.json"
     if trigger is None and rec_path.exists():  # no true trigger: the one Neural Cleanse recovered, on the same images
         rec = recovered_triggers(str(run.path), rec_path.stat().st_mtime)
         label = rec["flagged"][0] if rec["flagged"] else rec["labels"][int(np.argmax(rec["anomaly"]))]
         i = rec["labels"].index(label)
-        stamp = _RecoveredTrigger(torch.from_numpy(rec["masks"][i]), torch.from_numpy(rec["patterns"][i]))
+        stamp = RecoveredTrigger(torch.from_numpy(rec["masks"][i]), torch.from_numpy(rec["patterns"][i]))
         recovered = layer_activations(model, nmap, bundle.test, stamp)
         out["recovered"] = {k: v["triggered"] for k, v in recovered.items()}
         out["recovered_label"] = int(label)
     return out
 
 
-class _RecoveredTrigger:
-    """A recovered trigger (mask M, pattern P) stamped as Neural Cleanse does: (1 - M) x + M P. Its
-    ``target`` is None, so every test image is a victim and the rows match the clean ones."""
-
-    target = None
-
-    def __init__(self, mask: torch.Tensor, pattern: torch.Tensor):
-        self.mask, self.pattern = mask.float(), pattern.float()
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return (1 - self.mask) * x + self.mask * self.pattern
-
-
 @st.cache_data(max_entries=32, show_spinner="Computing the neuron's maps ...")
 def neuron_maps(run_id: str, layer: str, index: int, method: str, image: int, folder: str) -> dict:
     """Feature maps and attributions of one neuron on one clean test image and its triggered
     version (rows: clean, triggered)."""
-    from defenses.inspector import feature_maps, neuron_attribution
+    from defenses.inspector import feature_maps, neuron_attribution, share_on_trigger
 
     run = finished_run(run_id)
     bundle, trigger = run_inputs(run_id, folder)
@@ -283,10 +262,7 @@ def neuron_maps(run_id: str, layer: str, index: int, method: str, image: int, fo
     out = {"images": x.numpy(), "feature": feature_maps(model, layer, index, x),
            "attribution": neuron_attribution(model, layer, index, x, method)}
     if trigger is not None:
-        mask = trigger.mask.numpy()
-        mask = mask.max(0) if mask.ndim == 3 else mask
-        a = out["attribution"][-1]
-        out["on_trigger"] = float((a * (mask > 0)).sum() / max(a.sum(), 1e-12))
+        out["on_trigger"] = share_on_trigger(out["attribution"][-1], trigger)
     return out
 
 

@@ -61,9 +61,11 @@ def keep_choice_in_url() -> None:
         del st.query_params["sample"]
 
 
-def pick_finished_run(key: str) -> str:
+def pick_finished_run(key: str):
     """The finished-run picker of Explore and Neuron: starts at the run in the URL (a link or a
-    reload), else the session's run, else the newest; stops the page, saying why, when there is none."""
+    reload), else the session's run, else the newest. Returns (run id, the loaded run); stops the
+    page, saying why, when there is none or it cannot be read."""
+    from .cache import finished_run
     from .rundata import describe_run, explorable_runs
 
     runs = explorable_runs()
@@ -77,7 +79,11 @@ def pick_finished_run(key: str) -> str:
                                       if i in ids), ids[0])
     run_id = st.selectbox("Run", ids, key=key, format_func=lambda i: describe_run(by_id[i]))
     st.session_state["run_id"] = run_id
-    return run_id
+    try:
+        return run_id, finished_run(run_id)
+    except USER_ERRORS as e:
+        show_error(e)
+        st.stop()
 
 
 def show_error(e: BaseException) -> None:

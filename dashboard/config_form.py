@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from defenses.base import ConfigError, config_from_dict
+from defenses.base import ConfigError, config_from_dict, parse_list
 
 
 @dataclass(frozen=True)
@@ -124,16 +124,9 @@ def describe_fields(config_cls) -> list[FieldSpec]:
 
 def parse_tuple(text: str, item: type, name: str, optional: bool):
     """Comma-separated values into a tuple of ``item``; empty means None when allowed."""
-    text = (text or "").strip().strip("()[]")
-    if not text:
-        if optional:
-            return None
-        return ()
-    parts = [p.strip().strip("'\"") for p in text.split(",") if p.strip()]
-    try:
-        return tuple(item(p) if item in (int, float) else p for p in parts)
-    except ValueError:
-        raise ConfigError(f"{name} must be a comma-separated list of {item.__name__} values, got {text!r}.") from None
+    if not (text or "").strip().strip("()[]"):
+        return None if optional else ()
+    return parse_list(text, item, name)
 
 
 def format_tuple(value) -> str:

@@ -169,15 +169,9 @@ def trigger_spec(kind: str, **fields) -> dict | None:
 
 def check_choice(model_spec: dict, data: dict, trigger: dict | None):
     """Build everything a run will need, once, to refuse a bad choice before a worker starts:
-    the model with its weights, the dataset, the fit between them, and the trigger.
-    Returns (model, bundle, trigger or None, description)."""
-    from defenses.runs import check_model_fits_data, load_data, load_model
+    the model with its weights, the dataset, the fit between them, and the trigger (the worker's
+    own ``load_inputs``). Returns (model, bundle, trigger or None, description)."""
+    from defenses.runs import load_inputs
 
-    bundle = load_data(data)
-    model, sample_trigger, title = load_model(model_spec, bundle.shape, bundle.num_classes)
-    check_model_fits_data(model, bundle)
-    spec = trigger if trigger is not None else sample_trigger
-    built = TriggerSpec.from_dict(spec).build(bundle.shape) if spec else None
-    if built is not None and not 0 <= built.target < bundle.num_classes:
-        raise TriggerError(f"The target label {built.target} is not one of the dataset's {bundle.num_classes} classes.")
+    bundle, model, _, built, title = load_inputs(model_spec, data, trigger)
     return model, bundle, built, title

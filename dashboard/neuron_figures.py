@@ -54,7 +54,8 @@ def activation_histogram(clean: Sequence[float], triggered: Sequence[float] | No
                          bins: int = 40, recovered: Sequence[float] | None = None) -> go.Figure:
     """A neuron's activation over the test images, clean and (overlaid) with the trigger, or with
     the trigger Neural Cleanse recovered when the true one is unknown."""
-    title = "Activation, clean" + (f" vs triggered: {gap:+.1f} std-devs" if gap is not None and gap == gap else "")
+    # short: half a 1000 px page; the caption under the chart says it in words
+    title = "Activation" + (f" ({gap:+.1f} std-devs)" if gap is not None and gap == gap else "")
     fig = _base(title, "activation", "images")
     series = [("clean", clean, ACC_COLOR)] + ([("with the trigger", triggered, ASR_COLOR)] if triggered is not None
                                               else []) + \

@@ -197,12 +197,18 @@ def _tuple_from_text(config_cls, name: str, value):
         ([hint] if typing.get_origin(hint) is tuple else [])
     if not tuple_args:
         return value
-    item = next((a for a in typing.get_args(tuple_args[0]) if a is not Ellipsis), str)
-    parts = [p.strip() for p in value.strip("()[] ").split(",") if p.strip()]
+    return parse_list(value, next((a for a in typing.get_args(tuple_args[0]) if a is not Ellipsis), str), name)
+
+
+def parse_list(text: str, item: type, name: str) -> tuple:
+    """Comma-separated values (brackets and quotes allowed) as a tuple of ``item``; one sentence
+    naming the setting for a value that is not one. Shared by ``--set`` and the dashboard's boxes."""
+    text = (text or "").strip().strip("()[]")
+    parts = [p.strip().strip("'\"") for p in text.split(",") if p.strip()]
     try:
-        return tuple(item(p) for p in parts)
+        return tuple(item(p) if item in (int, float) else p for p in parts)
     except ValueError:
-        raise ConfigError(f"{name} must be a comma-separated list of {item.__name__} values, got {value!r}.") from None
+        raise ConfigError(f"{name} must be a comma-separated list of {item.__name__} values, got {text!r}.") from None
 
 
 # ---------------------------------------------------------------- registry

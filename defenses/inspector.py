@@ -28,6 +28,22 @@ from .neurons import NeuronMap, Pruner, selection_by_threshold
 ATTRIBUTIONS = ("NeuronGradient", "NeuronIntegratedGradients")
 
 
+def victim_indices(split: ArraySplit, trigger=None, max_images: int | None = None) -> torch.Tensor:
+    """The images a trigger is measured on: those whose label is not its target (every image
+    without a trigger, or for one with no target), the first ``max_images`` of them."""
+    keep = torch.arange(len(split))
+    if getattr(trigger, "target", None) is not None:
+        keep = (split.y != trigger.target).nonzero().flatten()
+    return keep if max_images is None else keep[:max_images]
+
+
+def share_on_trigger(attribution: np.ndarray, trigger) -> float:
+    """The fraction of an (H, W) attribution map that lies on the trigger's pixels."""
+    mask = trigger.mask.numpy()
+    mask = mask.max(0) if mask.ndim == 3 else mask
+    return float((attribution * (mask > 0)).sum() / max(float(attribution.sum()), 1e-12))
+
+
 def _per_neuron(output: torch.Tensor) -> torch.Tensor:
     """(N, C): a Linear output as it is, a channel map averaged over its positions."""
     return output.flatten(2).mean(2) if output.ndim > 2 else output
@@ -39,10 +55,7 @@ def layer_activations(model: nn.Module, neuron_map: NeuronMap, split: ArraySplit
     """``{layer: {"clean": (N, C), "triggered": (N, C) or absent}}`` over the first ``max_images``
     images of ``split`` whose label is not the trigger's target (all images without a trigger),
     so that clean and triggered rows are the same images."""
-    keep = torch.arange(len(split))
-    if getattr(trigger, "target", None) is not None:  # a recovered trigger may have no target: every image
-        keep = (split.y != trigger.target).nonzero().flatten()
-    keep = keep[:max_images]
+    keep = victim_indices(split, trigger, max_images)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     out: dict[str, dict[str, list]] = {l.name: {"clean": [], "triggered": []} for l in neuron_map.layers}
     current = {"key": "clean"}
@@ -190,11 +203,9 @@ def neuron_report(run_dir, layer: str, index: int, evaluate: bool = False, metho
     card["gap"] = float(activation_gap({layer: acts})[layer][index])
     if "triggered" in acts:
         card["triggered_mean"] = float(acts["triggered"][:, index].mean())
-        victim = (data.test.y != trigger.target).nonzero().flatten()[:1]
+        victim = victim_indices(data.test, trigger, 1)
         a = neuron_attribution(model, layer, index, trigger.apply(data.test.images(victim)), method)[0]
-        mask = trigger.mask.numpy()
-        mask = mask.max(0) if mask.ndim == 3 else mask
-        card["on_trigger"] = float((a * (mask > 0)).sum() / max(float(a.sum()), 1e-12))
+        card["on_trigger"] = share_on_trigger(a, trigger)
         card["method"] = method
     if evaluate:
         cut = selection_by_threshold(units, threshold, suspicious)

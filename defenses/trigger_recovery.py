@@ -64,6 +64,24 @@ class RecoveredTriggers:
     recovered_on: str = "model"  # which model the triggers were recovered on ("unlearned", "original", ...)
 
 
+def stamp(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """Neural Cleanse's trigger on images: (1 - M) x + M P."""
+    return (1 - mask) * x + mask * pattern
+
+
+class RecoveredTrigger:
+    """A recovered mask and pattern with the Trigger interface (``apply``; ``target`` None, so every
+    image is measured), e.g. to see a neuron's activation under the trigger Neural Cleanse found."""
+
+    target = None
+
+    def __init__(self, mask: torch.Tensor, pattern: torch.Tensor):
+        self.mask, self.pattern = mask.float(), pattern.float()
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return stamp(x, self.mask, self.pattern)
+
+
 def anomaly_index(l1: torch.Tensor) -> torch.Tensor:
     """(median - l1) / (1.4826 * MAD): large positive values are suspiciously small masks.
 
@@ -89,7 +107,7 @@ def trigger_asr(model, x: torch.Tensor, y: torch.Tensor, mask, pattern, target: 
     hits = 0
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(device)
-        xb = (1 - mask.to(device)) * xb + mask.to(device) * pattern.to(device)
+        xb = stamp(xb, mask.to(device), pattern.to(device))
         hits += int((model(xb).argmax(1) == target).sum())
     model.train(was)
     return hits / len(x)
@@ -126,7 +144,7 @@ class TriggerRecovery:
                     x, _ = clean_data.sample(cfg.batch_size, gen)
                     x = x.to(device)
                     mask, pattern = torch.sigmoid(m_raw), torch.sigmoid(p_raw)
-                    out = net((1 - mask) * x + mask * pattern)
+                    out = net(stamp(x, mask, pattern))
                     ce = F.cross_entropy(out, torch.full((len(x),), t, device=device))
                     loss = ce + cfg.lam * mask.sum()
                     opt.zero_grad()

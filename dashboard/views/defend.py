@@ -159,12 +159,15 @@ def draw(run_id: str) -> bool:
         if last != first:
             snaps[f"step {last}"] = _flat(cache.snapshot(str(run_dir), last))
     probes = figures.probe_figure(view.probes) if view.probes else None
-    charts = [c for c in (
-        ("live_loss", loss if loss.data else None),
-        ("live_hist", figures.snapshot_histogram(snaps, _default_cut(by_id.get(run_id)),
-                                                 live_score_label(by_id.get(run_id, {}).get("config", {}).get("defense")))
-         if snaps else None),
-        ("live_probes", probes if probes is not None and probes.data else None)) if c[1] is not None]
+    charts = []  # (key, figure), only those with data
+    if loss.data:
+        charts.append(("live_loss", loss))
+    if snaps:
+        defense = by_id.get(run_id, {}).get("config", {}).get("defense")
+        charts.append(("live_hist", figures.snapshot_histogram(snaps, _default_cut(by_id.get(run_id)),
+                                                               live_score_label(defense))))
+    if probes is not None and probes.data:
+        charts.append(("live_probes", probes))
     if charts:
         for col, (key, fig) in zip(st.columns(2), charts[:2]):
             with col:

@@ -9,20 +9,13 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, figures, rundata
-from dashboard.common import (USER_ERRORS, fmt_rate, page_link, pick_finished_run, save_threshold, saved_threshold,
-                              show_error)
+from dashboard.common import fmt_rate, page_link, pick_finished_run, save_threshold, saved_threshold
 from defenses.evaluation import acc_budget_cut
 from defenses.normalization import chance_warning
 
 st.title("Explore a finished run")
 url_run, url_t = st.query_params.get("run"), st.query_params.get("t")  # a link or a reload: ?run=ID&t=0.3
-run_id = pick_finished_run("explore_run")
-
-try:
-    run = cache.finished_run(run_id)
-except USER_ERRORS as e:
-    show_error(e)
-    st.stop()
+run_id, run = pick_finished_run("explore_run")
 res = run.result
 options = run.thresholds
 if not options:

@@ -17,12 +17,7 @@ from defenses.runs import list_snapshots
 
 st.title("Neuron inspector")
 url = {k: st.query_params.get(k) for k in ("run", "layer", "index", "t")}
-run_id = pick_finished_run("neuron_run")
-try:
-    run = cache.finished_run(run_id)
-except USER_ERRORS as e:
-    show_error(e)
-    st.stop()
+run_id, run = pick_finished_run("neuron_run")
 
 threshold = rundata.starting_threshold(run, saved_threshold(run_id), url.get("t"))
 units = rundata.sweep_units(run.scores, run.suspicious)
@@ -79,7 +74,7 @@ m1, m2, m3, m4 = st.columns(4)
 m1.metric("Score", f"{card['score']:.4g}", help=rundata.score_label(run.suspicious))
 m2.metric("Rank overall", f"{card['rank']} of {card['of']}", help="1 is the most suspicious neuron of the run.")
 m3.metric("Rank in its layer", f"{card['rank_in_layer']} of {card['layer_size']}")
-m4.metric("At the chosen cut", "pruned" if card["pruned"] else "kept", help=f"Threshold {threshold:g} (Explore's).")
+m4.metric("At the chosen cut", "pruned" if card["pruned"] else "kept")  # the threshold is in the caption below
 st.caption(f"{layer}[{index}], a {KINDS.get(kind, kind)}; threshold {threshold:g} as chosen on Explore.")
 
 if run.suspicious == "low":
@@ -119,7 +114,7 @@ with right:
     top = acts["images"][np.argsort(-a["clean"][:, index])[:8]]
     st.plotly_chart(figures.image_grid([bundle.test.images(np.asarray([i]))[0].numpy() for i in top],
                                        [f"#{int(i)}" for i in top], ncols=4,
-                                       title="The 8 clean test images that excite it most"), key="top_images")
+                                       title="The 8 clean images exciting it most"), key="top_images")
 
 method = st.radio("Attribution", ATTRIBUTIONS, horizontal=True, key="neuron_attr",
                   help="Which input pixels make this neuron fire (captum), on one clean test image and, when the "
