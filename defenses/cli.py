@@ -220,7 +220,8 @@ def cmd_neurons(args) -> int:
                                                oracle=False, oracle_iterations=400, trigger=None))
     data, model, _, _, title = load_inputs(request.model, request.data, None)
     nmap = find_neurons(model, data.shape)
-    kinds = {"bn": "BatchNorm channels", "conv": "conv channels", "linear": "linear units"}
+    kinds = {"bn": "BatchNorm channels", "groupnorm": "GroupNorm channels", "layernorm": "LayerNorm channels",
+             "instancenorm": "InstanceNorm channels", "conv": "conv channels", "linear": "linear units"}
     print(f"{title}: {nmap.total} neurons in {len(nmap.layers)} layers ({data.shape[0]}x{data.shape[1]}x"
           f"{data.shape[2]} input)")
     width = max(len(l.name) for l in nmap.layers)

@@ -23,7 +23,9 @@ Deliberate deviations and choices:
   for pre-activation ResNets, where a block's ``bn1`` normalises the residual sum. A BN whose
   input is not a Conv2d/Linear output (a residual sum, a pooled or concatenated tensor) is
   refused: left out of the scores and named with a one-sentence reason in
-  ``extras["refused"]``. The same holds for a BN that keeps no running statistics.
+  ``extras["refused"]``. The same holds for a BN that keeps no running statistics, and for
+  GroupNorm, LayerNorm and InstanceNorm neurons: they normalise each image with its own
+  statistics, so the paper's fold of the norm into the filter has no fixed factor.
 - **Linear layers**: a neuron's constant is the L2 norm of its weight row (the spectral norm of
   a 1 x C_in matrix), times |gamma| / sqrt(running_var + eps) when a BatchNorm1d follows (the
   BN channel is then the neuron, as for conv layers). The reference has only a commented-out
@@ -49,6 +51,7 @@ from .base import Callback, DefenseResult, NullCallback, check_range, register, 
 from .neurons import NeuronLayer, NeuronMap, find_neurons
 
 _BN = nn.modules.batchnorm._BatchNorm
+_NORM_NAMES = {"groupnorm": "GroupNorm", "layernorm": "LayerNorm", "instancenorm": "InstanceNorm"}
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,10 @@ def source_norms(module: nn.Module) -> torch.Tensor | None:
 def layer_constants(model: nn.Module, layer: NeuronLayer) -> tuple[torch.Tensor | None, str]:
     """(constants, "") for a layer CLP can score, else (None, the reason it cannot)."""
     mod = model.get_submodule(layer.name)
-    if layer.kind == "bn":
+    if layer.is_norm:
+        if layer.kind != "bn":
+            return None, (f"it is a {_NORM_NAMES[layer.kind]}, which normalises each image with its own statistics, "
+                          "so no fixed scale can be folded into the filter.")
         if layer.source is None:
             return None, ("its input is not the output of a Conv2d or Linear layer (it is, for instance, a "
                           "residual sum), so no filter can be paired with it.")
@@ -173,7 +179,7 @@ class CLP:
                     else:
                         scores[layer.name] = constants.detach().float().cpu()
                         thresholds[layer.name] = mean_plus_u_std(scores[layer.name], cfg.u)
-                        pairing[layer.name] = layer.source if layer.kind == "bn" else layer.name
+                        pairing[layer.name] = layer.source if layer.is_norm else layer.name
                     callback.step("clp", i, total, {"scored": float(len(scores)), "refused": float(len(refused))})
             if not scores:
                 raise ValueError(no_layer_message(refused))

@@ -1,11 +1,20 @@
 """The neurons of any ``nn.Module``: find them, mask and perturb them, prune them.
 
 A neuron is one output channel (see SPEC-defenses.md):
-- every channel of every affine BatchNorm layer (shortcut BNs included);
-- every output channel of a Conv2d or Linear whose output does not feed a BatchNorm directly,
-  except (a) the final classifier, never a neuron, and (b) Conv2d layers in a network that uses
-  BatchNorm2d: there the BN channels are the neurons, as in ANP and RNP, and a residual conv
-  whose output goes into an addition is covered by the next BN.
+- every channel of every normalisation layer with a per-channel affine: BatchNorm (shortcut BNs
+  included), GroupNorm and InstanceNorm with ``affine=True``, and LayerNorm with an elementwise
+  affine over the channels (``normalized_shape`` of one dimension, or the whole C x H x W);
+- every output channel of a Conv2d or Linear whose output does not feed such a norm directly,
+  except (a) the final classifier, never a neuron, and (b) Conv2d layers in a network whose
+  conv features are normalised per channel: there the norm channels are the neurons, as in ANP
+  and RNP, and a residual conv whose output goes into an addition is covered by the next norm.
+
+A GroupNorm, LayerNorm or InstanceNorm *without* a learnable per-channel scale is refused with
+one sentence: it normalises each image with its own statistics, so a channel zeroed (or scaled
+by a mask) before it is undone or rescaled by it (a zeroed conv channel before a GroupNorm still
+fired at mean |activation| 0.068), and no channel of it can be pruned. A BatchNorm without
+affine is not refused: in eval mode it applies fixed running statistics, so it keeps a pruned
+channel pruned; it is only left out.
 
 Neurons are found by running one forward pass with hooks and matching tensor identities: a BN
 "follows" a layer when its input *is* that layer's output tensor. The same trace gives the
@@ -25,6 +34,9 @@ from torch import nn
 from torch.func import functional_call
 
 _BN = nn.modules.batchnorm._BatchNorm
+_IN = nn.modules.instancenorm._InstanceNorm
+_NORMS = (_BN, nn.GroupNorm, nn.LayerNorm, _IN)
+NORM_KINDS = ("bn", "groupnorm", "layernorm", "instancenorm")
 
 
 class NeuronError(ValueError):
@@ -34,10 +46,15 @@ class NeuronError(ValueError):
 @dataclass(frozen=True)
 class NeuronLayer:
     name: str  # the module's name in named_modules()
-    kind: str  # "bn", "conv" or "linear"
+    kind: str  # "bn", "groupnorm", "layernorm", "instancenorm", "conv" or "linear"
     size: int  # number of neurons
-    source: str | None = None  # for a BN: the Conv2d/Linear whose output it normalises, if any
+    source: str | None = None  # for a norm: the Conv2d/Linear whose output it normalises, if any
     has_bias: bool = True
+
+    @property
+    def is_norm(self) -> bool:
+        """A normalisation layer's per-channel affine: gamma is the weight, beta is kept on pruning."""
+        return self.kind in NORM_KINDS
 
 
 @dataclass(frozen=True)
@@ -72,17 +89,17 @@ def find_neurons(model: nn.Module, input_shape: tuple[int, ...], device=None) ->
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     names = {m: n for n, m in model.named_modules()}
-    calls: list[tuple[str, nn.Module, int, int]] = []  # name, module, id(input), id(output)
+    calls: list[tuple[str, nn.Module, int, int, tuple]] = []  # name, module, id(input), id(output), input shape
     keep_alive = []  # holding the tensors keeps their ids unique during the trace
 
     def hook(mod, inputs, output):
         if not inputs or not isinstance(inputs[0], torch.Tensor) or not isinstance(output, torch.Tensor):
             return
         keep_alive.extend((inputs[0], output))
-        calls.append((names[mod], mod, id(inputs[0]), id(output)))
+        calls.append((names[mod], mod, id(inputs[0]), id(output), tuple(inputs[0].shape)))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear, _BN))]
+               if isinstance(m, (nn.Conv2d, nn.Linear, *_NORMS))]
     was_training = model.training
     try:
         model.eval()
@@ -97,41 +114,47 @@ def find_neurons(model: nn.Module, input_shape: tuple[int, ...], device=None) ->
     if isinstance(out, (tuple, list)):
         out = out[0]
     if not calls:
-        raise NeuronError("The model has no Conv2d, Linear or BatchNorm layer to prune.")
+        raise NeuronError("The model has no Conv2d, Linear or normalisation layer to prune.")
 
     first_call = {}
-    for name, mod, in_id, out_id in calls:
-        first_call.setdefault(name, (mod, in_id, out_id))
-    out_owner = {out_id: name for name, (mod, _, out_id) in first_call.items() if not isinstance(mod, _BN)}
+    for name, mod, in_id, out_id, shape in calls:
+        first_call.setdefault(name, (mod, in_id, out_id, shape))
+    out_owner = {out_id: name for name, (mod, _, out_id, _) in first_call.items() if not isinstance(mod, _NORMS)}
 
-    classifier = next((n for n, (m, _, o) in first_call.items() if o == id(out)), None)
+    classifier = next((n for n, (m, _, o, _) in first_call.items() if o == id(out)), None)
     if classifier is None:  # output made by a functional op: fall back to the last Linear/Conv called
-        classifier = next((n for n, m, _, _ in reversed(calls) if isinstance(m, (nn.Linear, nn.Conv2d))), None)
-    if classifier is not None and isinstance(first_call[classifier][0], _BN):
+        classifier = next((n for n, m, _, _, _ in reversed(calls) if isinstance(m, (nn.Linear, nn.Conv2d))), None)
+    if classifier is not None and isinstance(first_call[classifier][0], _NORMS):
         classifier = None
 
-    fed_bn = {first_call[n][1] for n, (m, _, _) in first_call.items() if isinstance(m, _BN)}
-    has_bn2d = any(isinstance(m, nn.BatchNorm2d) for m, _, _ in first_call.values())
-    bn_of = {first_call[n][1]: n for n, (m, _, _) in first_call.items() if isinstance(m, _BN)}
+    norms = {n: (m, shape) for n, (m, _, _, shape) in first_call.items() if isinstance(m, _NORMS)}
+    kinds = {}
+    for n, (m, shape) in norms.items():
+        kind, reason = _norm_kind(m, shape)
+        if reason:
+            raise NeuronError(f"{n} is {reason}; prunescope cannot prune a model with such a layer.")
+        kinds[n] = kind
+    norm_of = {first_call[n][1]: n for n in norms}  # the tensor each norm reads -> the norm
+    has_norm2d = any(len(shape) == 4 and kinds[n] is not None for n, (_, shape) in norms.items())
     layers, left_out = [], []
-    for name, (mod, in_id, out_id) in first_call.items():
-        if isinstance(mod, _BN):
-            if mod.affine:
-                layers.append(NeuronLayer(name, "bn", mod.num_features, out_owner.get(in_id), True))
+    for name, (mod, in_id, out_id, _) in first_call.items():
+        if name in norms:
+            if kinds[name] is not None:
+                layers.append(NeuronLayer(name, kinds[name], int(mod.weight.shape[0]), out_owner.get(in_id), True))
             else:
                 left_out.append((name, "a BatchNorm without a learnable scale and shift"))
             continue
         if name == classifier:
             left_out.append((name, "the final classifier (its outputs are the classes)"))
             continue
-        if out_id in fed_bn:
-            left_out.append((name, f"covered by the BatchNorm after it ({bn_of[out_id]}), whose channels are the "
+        if out_id in norm_of and kinds[norm_of[out_id]] is not None:
+            left_out.append((name, f"covered by the norm layer after it ({norm_of[out_id]}), whose channels are the "
                                    "neurons"))
             continue
         if isinstance(mod, nn.Conv2d):
-            if has_bn2d:
-                left_out.append((name, "a Conv2d with no BatchNorm after it in a network that has BatchNorm (e.g. a "
-                                       "shortcut); its channels are read through the next BatchNorm"))
+            if has_norm2d:
+                left_out.append((name, "a Conv2d with no norm layer after it in a network whose conv channels are "
+                                       "normalised (e.g. a shortcut); its channels are read through the next norm"))
                 continue
             layers.append(NeuronLayer(name, "conv", mod.out_channels, None, mod.bias is not None))
         elif isinstance(mod, nn.Linear):
@@ -139,6 +162,30 @@ def find_neurons(model: nn.Module, input_shape: tuple[int, ...], device=None) ->
     if not layers:
         raise NeuronError("The model has no neurons to prune besides its final classifier.")
     return NeuronMap(tuple(layers), classifier, tuple(first_call), tuple(left_out))
+
+
+def _norm_kind(mod: nn.Module, in_shape: tuple) -> tuple[str | None, str]:
+    """(kind, "") for a norm whose channels are neurons; (None, "") for a BatchNorm without affine
+    (left out, harmless); (None, why) for a norm that undoes pruning before it (refused)."""
+    if isinstance(mod, _BN):
+        return ("bn" if mod.affine else None), ""
+    per_sample = "it normalises each image with its own statistics, so a channel pruned before it is undone"
+    if isinstance(mod, nn.GroupNorm):
+        if not mod.affine:
+            return None, f"a GroupNorm without a learnable per-channel scale (affine=False): {per_sample}"
+        return "groupnorm", ""
+    if isinstance(mod, _IN):
+        if not mod.affine:
+            return None, f"an InstanceNorm without a learnable per-channel scale (affine=False): {per_sample}"
+        return "instancenorm", ""
+    # LayerNorm: its affine must be per channel, i.e. over one dimension or the whole C x H x W.
+    if mod.weight is None:
+        return None, f"a LayerNorm without a learnable scale (elementwise_affine=False): {per_sample}"
+    shape = tuple(mod.normalized_shape)
+    if len(shape) > 1 and shape != tuple(in_shape[1:]):
+        return None, (f"a LayerNorm over {shape} of a {tuple(in_shape[1:])} input, whose scale is not one per "
+                      "channel")
+    return "layernorm", ""
 
 
 # ---------------------------------------------------------------- masks and perturbations
@@ -159,7 +206,7 @@ def effective_params(model: nn.Module, neuron_map: NeuronMap, weight_scale: dict
         if layer.name in weight_scale:
             params[f"{layer.name}.weight"] = _scale(mod.weight, weight_scale[layer.name])
         if layer.name in bias_scale and mod.bias is not None:
-            params[f"{layer.name}.bias"] = mod.bias * bias_scale[layer.name]
+            params[f"{layer.name}.bias"] = _scale(mod.bias, bias_scale[layer.name])
     return params
 
 
@@ -255,8 +302,8 @@ class Pruner:
                 continue
             idx = sel.nonzero().flatten().to(w.device)
             mod.weight[idx] = 0
-            # ANP/RNP keep BN beta; a neuron without BN loses weight row and bias under both rules.
-            if mod.bias is not None and (rule == "both" or layer.kind != "bn"):
+            # ANP/RNP keep BN beta; a neuron without a norm loses weight row and bias under both rules.
+            if mod.bias is not None and (rule == "both" or not layer.is_norm):
                 mod.bias[idx] = 0
         return self.model
 

@@ -23,7 +23,7 @@ def test_every_architecture_has_neurons_and_no_classifier(arch, shape, kw):
     mods = dict(model.named_modules())
     for layer in nmap.layers:
         mod = mods[layer.name]
-        assert layer.size == (mod.num_features if layer.kind == "bn" else mod.weight.shape[0])
+        assert layer.size == mod.weight.shape[0]
     for mod in model.modules():  # the trace removed its hooks
         assert not mod._forward_hooks
 
@@ -118,3 +118,88 @@ def test_selections():
     assert top["a"].tolist() == [False, False, True] and top["b"].tolist() == [False, True]
     z = standardize({"a": torch.tensor([1.0, 2.0, 3.0]), "c": torch.tensor([4.0])})
     assert torch.allclose(z["a"], torch.tensor([-1.0, 0.0, 1.0])) and z["c"].tolist() == [0.0]
+
+
+# ---------------------------------------------------------------- norm layers besides BatchNorm
+
+
+class NormNet(nn.Module):
+    """conv -> norm -> relu, twice, then a linear head; ``norm`` builds the norm for C channels."""
+
+    def __init__(self, norm, c=8):
+        super().__init__()
+        self.conv1, self.n1 = nn.Conv2d(1, c, 3, padding=1), norm(c)
+        self.conv2, self.n2 = nn.Conv2d(c, c, 3, padding=1), norm(c)
+        self.fc = nn.Linear(c, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.n2(self.conv2(torch.relu(self.n1(self.conv1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+class LayerNormMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.ln = nn.Linear(16, 12), nn.LayerNorm(12)
+        self.fc2 = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.ln(self.fc1(x.flatten(1)))))
+
+
+@pytest.mark.parametrize("norm,kind", [(lambda c: nn.GroupNorm(2, c), "groupnorm"),
+                                       (lambda c: nn.InstanceNorm2d(c, affine=True), "instancenorm"),
+                                       (lambda c: nn.LayerNorm([c, 6, 6]), "layernorm")])
+def test_norm_channels_are_the_neurons_and_pruning_one_silences_it(norm, kind):
+    torch.manual_seed(0)
+    model = NormNet(norm).eval()
+    nmap = find_neurons(model, (1, 6, 6))
+    assert [(l.name, l.kind, l.size, l.source) for l in nmap.layers] == [("n1", kind, 8, "conv1"),
+                                                                         ("n2", kind, 8, "conv2")]
+    assert dict(nmap.left_out)["conv1"].startswith("covered by the norm layer after it (n1)")
+    pruned = prune(model, nmap, {"n1": torch.arange(8) == 3})
+    seen = {}
+    hook = pruned.n1.register_forward_hook(lambda m, i, o: seen.update(out=o))
+    try:
+        with torch.no_grad():
+            pruned(torch.rand(16, 1, 6, 6))
+    finally:
+        hook.remove()
+    channel = seen["out"][:, 3]
+    # the norm's beta alone, the same for every image (its bias kept, as for BN)
+    assert torch.allclose(channel, pruned.n1.bias[3].detach().expand_as(channel))
+    assert float(channel.std(0).max()) < 1e-6
+    masked = masked_forward(model, torch.rand(4, 1, 6, 6), nmap, {"n1": torch.ones(8) * 0.5})
+    assert masked.shape == (4, 3)
+
+
+def test_zeroing_the_conv_before_a_groupnorm_is_undone_which_is_why_the_norm_is_the_neuron():
+    torch.manual_seed(0)
+    model = NormNet(lambda c: nn.GroupNorm(2, c)).eval()
+    with torch.no_grad():
+        model.conv1.weight[3] = 0
+        model.conv1.bias[3] = 0
+    seen = {}
+    hook = model.n1.register_forward_hook(lambda m, i, o: seen.update(out=o))
+    try:
+        model(torch.rand(16, 1, 6, 6))
+    finally:
+        hook.remove()
+    assert float(seen["out"][:, 3].abs().mean()) > 0.05  # the group's mean and std move it off zero
+
+
+def test_layernorm_over_features_in_an_mlp():
+    nmap = find_neurons(LayerNormMLP(), (1, 4, 4))
+    assert [(l.name, l.kind, l.size, l.source) for l in nmap.layers] == [("ln", "layernorm", 12, "fc1")]
+
+
+@pytest.mark.parametrize("norm,words", [(lambda c: nn.GroupNorm(2, c, affine=False), "a GroupNorm without"),
+                                        (lambda c: nn.InstanceNorm2d(c), "an InstanceNorm without"),
+                                        (lambda c: nn.LayerNorm([c, 6, 6], elementwise_affine=False),
+                                         "a LayerNorm without"),
+                                        (lambda c: nn.LayerNorm([6, 6]), "a LayerNorm over (6, 6)")])
+def test_a_norm_that_undoes_pruning_is_refused_in_one_sentence(norm, words):
+    with pytest.raises(NeuronError) as e:
+        find_neurons(NormNet(norm), (1, 6, 6))
+    msg = str(e.value)
+    assert msg.startswith(f"n1 is {words}") and msg.count(". ") == 0 and msg.endswith("such a layer.")

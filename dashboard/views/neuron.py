@@ -69,7 +69,8 @@ st.plotly_chart(neuron_figures.network_map(units, pruned, run.suspicious, (layer
 
 card = neuron_card(run.scores, run.suspicious, threshold, layer, index, units)
 kind = next((l.get("kind") for l in run.result.get("layers", []) if l["name"] == layer), "?")
-KINDS = {"bn": "BN channel", "conv": "conv channel", "linear": "linear unit"}
+KINDS = {"bn": "BN channel", "groupnorm": "GroupNorm channel", "layernorm": "LayerNorm channel",
+         "instancenorm": "InstanceNorm channel", "conv": "conv channel", "linear": "linear unit"}
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Score", f"{card['score']:.4g}", help=rundata.score_label(run.suspicious))
 m2.metric("Rank overall", f"{card['rank']} of {card['of']}", help="1 is the most suspicious neuron of the run.")
