@@ -60,7 +60,7 @@ def test_neurons_lists_the_layers_found_and_what_was_left_out(tmp_path, capfd):
     out = capfd.readouterr().out
     assert out.startswith("PreAct-ResNet-18 (width 1/4) + BadNets: 976 neurons in 17 layers (1x28x28 input)")
     assert "layer1.0.bn2     16  BatchNorm channels  (normalises layer1.0.conv1)" in out
-    assert "layer2.0.shortcut.0: a Conv2d with no BatchNorm after it" in out  # covered by the next BN
+    assert "layer2.0.shortcut.0: a Conv2d with no norm layer after it" in out  # covered by the next BN
     assert "linear: the final classifier" in out
     import torch
 
