@@ -48,10 +48,9 @@ import torch
 from torch import nn
 
 from .base import Callback, DefenseResult, NullCallback, check_range, register, resolve_device
-from .neurons import NeuronLayer, NeuronMap, find_neurons
+from .neurons import NORM_LABELS, NeuronLayer, NeuronMap, find_neurons
 
 _BN = nn.modules.batchnorm._BatchNorm
-_NORM_NAMES = {"groupnorm": "GroupNorm", "layernorm": "LayerNorm", "instancenorm": "InstanceNorm"}
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ def layer_constants(model: nn.Module, layer: NeuronLayer) -> tuple[torch.Tensor 
     mod = model.get_submodule(layer.name)
     if layer.is_norm:
         if layer.kind != "bn":
-            return None, (f"it is a {_NORM_NAMES[layer.kind]}, which normalises each image with its own statistics, "
+            return None, (f"it is a {NORM_LABELS[layer.kind]}, which normalises each image with its own statistics, "
                           "so no fixed scale can be folded into the filter.")
         if layer.source is None:
             return None, ("its input is not the output of a Conv2d or Linear layer (it is, for instance, a "

@@ -36,7 +36,8 @@ from torch.func import functional_call
 _BN = nn.modules.batchnorm._BatchNorm
 _IN = nn.modules.instancenorm._InstanceNorm
 _NORMS = (_BN, nn.GroupNorm, nn.LayerNorm, _IN)
-NORM_KINDS = ("bn", "groupnorm", "layernorm", "instancenorm")
+NORM_LABELS = {"bn": "BatchNorm", "groupnorm": "GroupNorm", "layernorm": "LayerNorm", "instancenorm": "InstanceNorm"}
+NORM_KINDS = tuple(NORM_LABELS)
 
 
 class NeuronError(ValueError):
@@ -148,8 +149,9 @@ def find_neurons(model: nn.Module, input_shape: tuple[int, ...], device=None) ->
             left_out.append((name, "the final classifier (its outputs are the classes)"))
             continue
         if out_id in norm_of and kinds[norm_of[out_id]] is not None:
-            left_out.append((name, f"covered by the norm layer after it ({norm_of[out_id]}), whose channels are the "
-                                   "neurons"))
+            norm = norm_of[out_id]
+            left_out.append((name, f"covered by the {NORM_LABELS[kinds[norm]]} after it ({norm}), whose channels "
+                                   "are the neurons"))
             continue
         if isinstance(mod, nn.Conv2d):
             if has_norm2d:

@@ -230,3 +230,10 @@ def test_the_callers_model_is_left_unchanged():
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_clp_refuses_groupnorm_channels_with_its_reason():
+    from test_neurons import NormNet
+
+    with pytest.raises(ValueError, match="GroupNorm, which normalises each image with its own statistics"):
+        CLP().run(NormNet(lambda c: nn.GroupNorm(2, c)).eval(), (1, 6, 6))

@@ -156,7 +156,8 @@ def test_norm_channels_are_the_neurons_and_pruning_one_silences_it(norm, kind):
     nmap = find_neurons(model, (1, 6, 6))
     assert [(l.name, l.kind, l.size, l.source) for l in nmap.layers] == [("n1", kind, 8, "conv1"),
                                                                          ("n2", kind, 8, "conv2")]
-    assert dict(nmap.left_out)["conv1"].startswith("covered by the norm layer after it (n1)")
+    label = {"groupnorm": "GroupNorm", "instancenorm": "InstanceNorm", "layernorm": "LayerNorm"}[kind]
+    assert dict(nmap.left_out)["conv1"].startswith(f"covered by the {label} after it (n1)")
     pruned = prune(model, nmap, {"n1": torch.arange(8) == 3})
     seen = {}
     hook = pruned.n1.register_forward_hook(lambda m, i, o: seen.update(out=o))
