@@ -12,6 +12,8 @@ import numpy as np
 import streamlit as st
 import torch
 
+from defenses.poisoned import PoisonedSet, triggered_images
+
 from . import liveview, rundata
 from .modelsetup import check_choice
 
@@ -61,13 +63,14 @@ def model_summary(choice_key: str, n_examples: int = 6) -> dict:
     x = bundle.test.images(idx)
     with torch.no_grad():
         pred = model(x).argmax(1)
-        xt = trigger.apply(x) if trigger is not None else None
+        xt = triggered_images(trigger, x) if trigger is not None else None
         pred_t = model(xt).argmax(1) if xt is not None else None
     return {
         "title": title, "data": bundle.describe(), "num_classes": bundle.num_classes, "shape": list(bundle.shape),
         "acc": base["acc"], "asr": base["asr"], "target": None if trigger is None else trigger.target,
         "clean": x.numpy(), "labels": bundle.test.y[idx].tolist(), "pred": pred.tolist(),
         "triggered": None if xt is None else xt.numpy(), "pred_triggered": None if pred_t is None else pred_t.tolist(),
+        "poisoned": isinstance(trigger, PoisonedSet),
     }
 
 
@@ -123,7 +126,7 @@ def true_trigger(trigger_key: str, shape_key: str) -> tuple[np.ndarray, np.ndarr
     from defenses.triggers import TriggerSpec
 
     spec = json.loads(trigger_key)
-    if not spec:
+    if not spec or spec.get("kind") == "poisoned":  # a poisoned test set has no pattern and mask
         return None
     t = TriggerSpec.from_dict(spec).build(tuple(json.loads(shape_key)))
     return t.mask.numpy(), t.pattern.numpy()
@@ -172,8 +175,11 @@ def attributions(run_id: str, threshold: float, method: str, n: int = 4) -> dict
     # short titles: eight columns at 1000 px leave about 60 px each
     inputs, titles = [x], [f"clean {int(y)}" for y in bundle.test.y[idx]]
     if trigger is not None:
-        inputs.append(trigger.apply(x))
-        titles += [f"trig. {int(y)}" for y in bundle.test.y[idx]]
+        inputs.append(triggered_images(trigger, x))
+        if isinstance(trigger, PoisonedSet):  # its own images, not these scenes stamped
+            titles += [f"poisoned {i + 1}" for i in range(len(x))]
+        else:
+            titles += [f"trig. {int(y)}" for y in bundle.test.y[idx]]
     x_all = torch.cat(inputs)
     before_model, after_model = run_model(run), pruned_model(run, threshold)
     out = {"images": x_all.numpy(), "titles": titles}
@@ -214,13 +220,12 @@ def run_inputs(run_id: str, folder: str):
     """(the run's data bundle, its trigger or None), loaded once per run and shared read-only.
     ``folder``: the run folder's absolute path, part of the cache key (a run id names one run only
     within its runs folder)."""
+    from defenses.poisoned import build_trigger
     from defenses.runs import load_data
-    from defenses.triggers import TriggerSpec
 
     run = finished_run(run_id)
     bundle = load_data(run.config["data"])
-    spec = run.result.get("trigger")
-    return bundle, (TriggerSpec.from_dict(spec).build(bundle.shape) if spec else None)
+    return bundle, build_trigger(run.result.get("trigger"), bundle.shape, bundle.num_classes)
 
 
 @st.cache_data(max_entries=4, show_spinner="Reading every neuron's activation on the test split (once per run) ...")
@@ -257,12 +262,13 @@ def neuron_maps(run_id: str, layer: str, index: int, method: str, image: int, fo
     bundle, trigger = run_inputs(run_id, folder)
     x = bundle.test.images(torch.tensor([image]))
     if trigger is not None:
-        x = torch.cat([x, trigger.apply(x)])
+        x = torch.cat([x, triggered_images(trigger, x, image)])
     model = run_model(run)
     out = {"images": x.numpy(), "feature": feature_maps(model, layer, index, x),
            "attribution": neuron_attribution(model, layer, index, x, method)}
-    if trigger is not None:
-        out["on_trigger"] = share_on_trigger(out["attribution"][-1], trigger)
+    share = share_on_trigger(out["attribution"][-1], trigger) if trigger is not None else None
+    if share is not None:
+        out["on_trigger"] = share
     return out
 
 

@@ -86,6 +86,26 @@ def accept_upload(data: bytes, filename: str, runs_dir: str | Path, max_bytes: i
     return Upload(path.resolve(), digest, len(state), sum(int(v.numel()) for v in state.values()), len(data))
 
 
+def accept_poisoned_upload(data: bytes, filename: str, runs_dir: str | Path, max_bytes: int) -> Path:
+    """Store an uploaded poisoned test set (an .npz of x_bd, y_bd) under the runs folder by its
+    hash; it is read later with ``allow_pickle=False``, so nothing in it is executed."""
+    name = Path(filename or "upload").name
+    if len(data) > max_bytes:
+        raise UploadError(f"{name} is {human_size(len(data))}, over the {human_size(max_bytes)} upload limit; "
+                          "give its path on this machine instead.")
+    if not name.lower().endswith(".npz"):
+        raise UploadError(f"{name} is not an .npz file; save the poisoned images with numpy.savez(path, x_bd=..., "
+                          "y_bd=...).")
+    folder = Path(runs_dir) / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"poisoned-{hashlib.sha256(data).hexdigest()}.npz"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path.resolve()
+
+
 def parse_kwargs(text: str) -> dict:
     """The architecture's keyword arguments, typed as a JSON object."""
     text = (text or "").strip()
@@ -157,9 +177,14 @@ def normalization_spec(choice: str, custom: str = ""):
 
 
 def trigger_spec(kind: str, **fields) -> dict | None:
-    """A TriggerSpec dict from the page's fields, or None when the trigger is unknown."""
+    """A TriggerSpec dict from the page's fields, or None when the trigger is unknown; for a
+    poisoned test set, ``{"kind": "poisoned", "path": ...}`` (read by ``defenses.poisoned``)."""
     if kind == "unknown":
         return None
+    if kind == "poisoned":
+        if not fields.get("path"):
+            raise TriggerError("Upload the poisoned test set (.npz with x_bd and y_bd) or give its path first.")
+        return {"kind": "poisoned", "path": str(fields["path"])}
     keep = {"badnets": ("target", "size", "position", "color"), "blend": ("target", "alpha", "seed", "image")}
     if kind not in keep:
         raise TriggerError(f"Unknown trigger kind {kind!r}; choose badnets, blend or unknown.")

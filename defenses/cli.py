@@ -90,6 +90,10 @@ def build_request(args) -> RunRequest:
     else:
         data["clean_count"] = args.clean_count
     trigger = _json_arg("--trigger", args.trigger)
+    if getattr(args, "poisoned_test", None):
+        if trigger is not None:
+            raise ValueError("Give the trigger as --trigger or as --poisoned-test, not both.")
+        trigger = {"kind": "poisoned", "path": os.path.abspath(args.poisoned_test)}
     return RunRequest(defense=info.name, params=params, model=model, data=data, trigger=trigger, device=args.device,
                       recover_triggers=not args.no_trigger_recovery, recover_on=args.recover_on,
                       recovery_params=_parse_sets(args.recovery_set, "--recovery-set"), oracle=args.oracle,
@@ -290,6 +294,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--defense", required=True, help="anp, rnp, clp or holder")
     _model_and_data_args(r)
     r.add_argument("--trigger", help='JSON trigger, e.g. {"kind": "badnets", "size": 3, "target": 0}')
+    r.add_argument("--poisoned-test", metavar="NPZ",
+                   help="or the attack's own poisoned test images: an .npz of x_bd (pixels) and y_bd (attack labels), "
+                        "with y_true for the oracle; for attacks with no patch or blend (WaNet, SSBA, ...)")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="a defense hyperparameter (repeatable)")
     r.add_argument("--demo", action="store_true",
                    help="the defense's demo budget, the Defend page's (docs/demo.md); --set still overrides it")

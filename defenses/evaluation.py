@@ -1,7 +1,8 @@
 """Clean accuracy (ACC), attack success rate (ASR), and threshold sweeps.
 
 ASR is measured over the test images whose true label is not the target: the fraction that the
-model puts in the target class once the trigger is stamped on them.
+model puts in the target class once the trigger is stamped on them; or, given a poisoned test
+set (``defenses.poisoned``), the fraction of its images the model puts in their attack labels.
 Sweeps are evaluated on the held-out test split, never on the defender's clean set.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 from .base import Callback, NullCallback
 from .data import ArraySplit
 from .neurons import NeuronMap, Pruner, count_selected, selection_by_count, selection_by_threshold, standardize
+from .poisoned import PoisonedSet
 from .triggers import Trigger
 
 
@@ -46,7 +48,11 @@ def asr_split(split: ArraySplit, target: int) -> ArraySplit:
     return split.subset((split.y != target).nonzero().flatten())
 
 
-def attack_success_rate(model, split: ArraySplit, trigger: Trigger, **kw) -> float:
+def attack_success_rate(model, split: ArraySplit, trigger: Trigger | PoisonedSet, **kw) -> float:
+    """The fraction of the test images not of the target class that the trigger sends to the
+    target; for a poisoned test set, the fraction of its images put in their attack labels."""
+    if isinstance(trigger, PoisonedSet):
+        return accuracy(model, trigger.split, **kw)
     victims = asr_split(split, trigger.target)
     if len(victims) == 0:
         return float("nan")

@@ -24,6 +24,7 @@ from torch import nn
 from .data import ArraySplit
 from .evaluation import evaluate
 from .neurons import NeuronMap, Pruner, selection_by_threshold
+from .poisoned import triggered_images
 
 ATTRIBUTIONS = ("NeuronGradient", "NeuronIntegratedGradients")
 
@@ -37,8 +38,11 @@ def victim_indices(split: ArraySplit, trigger=None, max_images: int | None = Non
     return keep if max_images is None else keep[:max_images]
 
 
-def share_on_trigger(attribution: np.ndarray, trigger) -> float:
-    """The fraction of an (H, W) attribution map that lies on the trigger's pixels."""
+def share_on_trigger(attribution: np.ndarray, trigger) -> float | None:
+    """The fraction of an (H, W) attribution map that lies on the trigger's pixels; None for a
+    poisoned test set, whose trigger has no mask to measure it on."""
+    if getattr(trigger, "mask", None) is None:
+        return None
     mask = trigger.mask.numpy()
     mask = mask.max(0) if mask.ndim == 3 else mask
     return float((attribution * (mask > 0)).sum() / max(float(attribution.sum()), 1e-12))
@@ -54,7 +58,8 @@ def layer_activations(model: nn.Module, neuron_map: NeuronMap, split: ArraySplit
                       max_images: int = 1000, batch_size: int = 250) -> dict[str, dict[str, np.ndarray]]:
     """``{layer: {"clean": (N, C), "triggered": (N, C) or absent}}`` over the first ``max_images``
     images of ``split`` whose label is not the trigger's target (all images without a trigger),
-    so that clean and triggered rows are the same images."""
+    so that clean and triggered rows are the same images (for a poisoned test set, its own
+    images: the same number, other scenes)."""
     keep = victim_indices(split, trigger, max_images)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     out: dict[str, dict[str, list]] = {l.name: {"clean": [], "triggered": []} for l in neuron_map.layers}
@@ -69,7 +74,8 @@ def layer_activations(model: nn.Module, neuron_map: NeuronMap, split: ArraySplit
     try:
         for start in range(0, len(keep), batch_size):
             x = split.images(keep[start:start + batch_size])
-            for key, batch in (("clean", x), ("triggered", trigger.apply(x) if trigger is not None else None)):
+            triggered = triggered_images(trigger, x, start) if trigger is not None else None
+            for key, batch in (("clean", x), ("triggered", triggered)):
                 if batch is not None:
                     current["key"] = key
                     model(batch.to(device))
@@ -204,9 +210,10 @@ def neuron_report(run_dir, layer: str, index: int, evaluate: bool = False, metho
     if "triggered" in acts:
         card["triggered_mean"] = float(acts["triggered"][:, index].mean())
         victim = victim_indices(data.test, trigger, 1)
-        a = neuron_attribution(model, layer, index, trigger.apply(data.test.images(victim)), method)[0]
-        card["on_trigger"] = share_on_trigger(a, trigger)
-        card["method"] = method
+        a = neuron_attribution(model, layer, index, triggered_images(trigger, data.test.images(victim)), method)[0]
+        share = share_on_trigger(a, trigger)
+        if share is not None:  # a poisoned test set has no trigger pixels to measure it on
+            card["on_trigger"], card["method"] = share, method
     if evaluate:
         cut = selection_by_threshold(units, threshold, suspicious)
         card["effect"] = single_neuron_effect(model, nmap, layer, index, data.test, trigger, cut,

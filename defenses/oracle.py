@@ -21,17 +21,39 @@ from .base import Callback, NullCallback
 from .data import ArraySplit
 from .evaluation import SweepRow, sweep
 from .neurons import NeuronMap, find_neurons, masked_forward, working_copy
+from .poisoned import PoisonedSet
 from .triggers import Trigger
+
+
+def check_oracle_trigger(trigger) -> None:
+    """Refuse, in one sentence, a trigger the oracle cannot learn from."""
+    if isinstance(trigger, PoisonedSet):
+        if trigger.true_labels is None:
+            raise ValueError("The oracle needs each poisoned image's true label, to learn to undo the trigger: add "
+                             "y_true to the poisoned test set, or leave the oracle off.")
+        if len(trigger) < 4:
+            raise ValueError("The oracle needs at least 4 poisoned test images (half to learn on, half to measure).")
+
+
+def _triggered_batch(trigger, x, y, batch_size: int, gen: torch.Generator):
+    """Triggered images and the labels they should keep: the clean batch stamped, or, for a
+    poisoned test set, a batch of its images with their true labels."""
+    if isinstance(trigger, PoisonedSet):
+        idx = torch.randint(0, len(trigger), (batch_size,), generator=gen)
+        return trigger.split.images(idx), trigger.true_labels[idx]
+    return trigger.apply(x), y
 
 COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 
 
-def oracle_scores(model, clean: ArraySplit, trigger: Trigger, *, l1: float = 0.01, iterations: int = 400,
+def oracle_scores(model, clean: ArraySplit, trigger: Trigger | PoisonedSet, *, l1: float = 0.01, iterations: int = 400,
                   batch_size: int = 128, lr: float = 0.05, seed: int = 0, layers=None,
                   device=None, callback: Callback | None = None) -> dict[str, torch.Tensor]:
     """Mask per neuron in (0, 1); low = the trigger relies on it and the clean task does not.
     ``layers`` restricts the oracle to some neuron layers (an MLP head, to compare with Hölder).
-    Progress goes to ``callback.step("oracle", i, iterations, ...)``."""
+    Progress goes to ``callback.step("oracle", i, iterations, ...)``. Given a poisoned test set
+    (with true labels) it learns on those images; measure it on others (``PoisonedSet.halves``)."""
+    check_oracle_trigger(trigger)
     callback = callback or NullCallback()
     device = torch.device(device or "cpu")
     net = working_copy(model, device).eval()
@@ -48,7 +70,8 @@ def oracle_scores(model, clean: ArraySplit, trigger: Trigger, *, l1: float = 0.0
             x, y = x.to(device), y.to(device)
             masks = {k: torch.sigmoid(v) for k, v in logits.items()}
             keep_clean = F.cross_entropy(masked_forward(net, x, nmap, masks), y)
-            undo_trigger = F.cross_entropy(masked_forward(net, trigger.apply(x), nmap, masks), y)
+            xt, yt = _triggered_batch(trigger, x, y, batch_size, gen)
+            undo_trigger = F.cross_entropy(masked_forward(net, xt.to(device), nmap, masks), yt.to(device))
             off = sum((1 - m).sum() for m in masks.values())
             loss = keep_clean + undo_trigger + l1 * off
             opt.zero_grad()

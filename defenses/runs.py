@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from .base import NullCallback, check_range, config_from_dict, get_defense
+from .poisoned import PoisonedSet
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
@@ -317,17 +318,15 @@ def check_model_fits_data(model, data) -> None:
 
 def load_inputs(model_spec: dict, data_spec: dict, trigger_dict: dict | None):
     """(data, model, trigger dict, trigger, title): the run's inputs loaded and checked to fit;
-    the trigger is the one asked for, else the sample's own, else None."""
-    from .triggers import TriggerSpec
+    the trigger is the one asked for (a recipe or a poisoned test set), else the sample's own,
+    else None."""
+    from .poisoned import build_trigger
 
     data = load_data(data_spec)
     model, sample_trigger, title = load_model(model_spec, data.shape, data.num_classes)
     check_model_fits_data(model, data)
     trigger_dict = trigger_dict if trigger_dict is not None else sample_trigger
-    trigger = TriggerSpec.from_dict(trigger_dict).build(data.shape) if trigger_dict else None
-    if trigger is not None and not 0 <= trigger.target < data.num_classes:  # else ASR silently reads 0
-        raise ValueError(f"The target label {trigger.target} is not one of the dataset's {data.num_classes} classes "
-                         f"(0 to {data.num_classes - 1}).")
+    trigger = build_trigger(trigger_dict, data.shape, data.num_classes)
     return data, model, trigger_dict, trigger, title
 
 
@@ -343,7 +342,7 @@ def preflight(request: RunRequest) -> None:
     resolve_device_name(request.device)
     info = get_defense(request.defense)
     config = config_from_dict(info.config_cls, request.params)
-    data, model, trigger_dict, _, _ = load_inputs(request.model, request.data, request.trigger)
+    data, model, trigger_dict, trigger, _ = load_inputs(request.model, request.data, request.trigger)
     if info.check is not None:  # a model this defense cannot handle (e.g. Hölder without an MLP head)
         info.check(model, find_neurons(model, data.shape), config)
     if info.needs_data or request.oracle:
@@ -351,6 +350,10 @@ def preflight(request: RunRequest) -> None:
     if request.oracle and trigger_dict is None:
         raise ValueError("The oracle needs the trigger, and this model has none on record: give one or leave the "
                          "oracle off.")
+    if request.oracle:
+        from .oracle import check_oracle_trigger
+
+        check_oracle_trigger(trigger)
 
 
 # ---------------------------------------------------------------- the worker
@@ -559,15 +562,19 @@ def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
 
         t0 = time.perf_counter()
         iterations = cfg.get("oracle_iterations", 400)
-        masks = oracle_scores(model, data.clean, trigger, iterations=iterations, layers=tuple(result.scores),
+        # A poisoned test set: the oracle learns on one half of its images and is measured on the other.
+        learn_on, measure_on = trigger.halves() if isinstance(trigger, PoisonedSet) else (trigger, trigger)
+        masks = oracle_scores(model, data.clean, learn_on, iterations=iterations, layers=tuple(result.scores),
                               device=device, callback=cb)
         # the defense's own counts, so both curves share their points
-        rows = oracle_sweep(model, nmap, masks, data.test, trigger, counts=[r["n_pruned"] for r in sweeps["count"]],
-                            device=device)
+        rows = oracle_sweep(model, nmap, masks, data.test, measure_on,
+                            counts=[r["n_pruned"] for r in sweeps["count"]], device=device)
         cut = smallest_cut(rows)
         save_tensors(run_dir / "oracle_scores.safetensors", masks)
         # oracle.json last: its presence says the oracle is complete
         write_json(run_dir / "oracle.json", {"iterations": iterations, "seconds": time.perf_counter() - t0,
+                                             "asr_on": "the poisoned test images it did not learn on (one in two)"
+                                             if measure_on is not trigger else "the test split, triggered",
                                              "rows": [r.to_dict() for r in rows],
                                              "smallest_cut": cut.to_dict() if cut else None})
 

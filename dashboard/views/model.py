@@ -1,12 +1,13 @@
 """Model page: pick a sample model or bring your own weights, dataset and trigger."""
 import json
+from pathlib import Path
 
 import streamlit as st
 
 from dashboard import cache, figures
 from dashboard.common import (USER_ERRORS, current_choice, default_sample, fmt_rate, sample_choice, show_error)
-from dashboard.modelsetup import (DATASETS, DEFAULT_MAX_UPLOAD_MB, POSITIONS, accept_upload, architecture_name,
-                                  data_spec, normalization_spec, parse_kwargs, trigger_spec)
+from dashboard.modelsetup import (DATASETS, DEFAULT_MAX_UPLOAD_MB, POSITIONS, accept_poisoned_upload, accept_upload,
+                                  architecture_name, data_spec, normalization_spec, parse_kwargs, trigger_spec)
 from defenses.normalization import PRESETS as NORM_PRESETS, chance_warning
 from dashboard.rundata import runs_dir
 from defenses.models import ARCHITECTURES
@@ -94,10 +95,19 @@ else:
         own_clean = st.number_input("Clean-set size", min_value=10, value=500, step=50, key="own_clean_count")
 
     st.markdown("**Trigger** (if you know it; ASR needs it, every trigger-free aid works without it)")
-    kind = st.radio("Trigger", ["unknown", "badnets", "blend"], horizontal=True, key="trigger_kind",
-                    label_visibility="collapsed")
+    kind = st.radio("Trigger", ["unknown", "badnets", "blend", "poisoned"], horizontal=True, key="trigger_kind",
+                    label_visibility="collapsed",
+                    format_func=lambda k: {"poisoned": "poisoned test set (x_bd, y_bd)"}.get(k, k),
+                    help="A poisoned test set: the attack's own triggered test images, for attacks with no "
+                         "patch or blend (WaNet, input-aware, SSBA, ...). An .npz of x_bd (images in pixel space) "
+                         "and y_bd (their attack labels), with y_true (true labels) for the oracle.")
     fields = {}
-    if kind != "unknown":
+    poisoned_upload = None
+    if kind == "poisoned":
+        p1, p2 = st.columns(2)
+        poisoned_upload = p1.file_uploader("Upload the poisoned test set (.npz)", type=["npz"], key="poisoned_upload")
+        fields["path"] = p2.text_input("…or its path on this machine", key="poisoned_path").strip() or None
+    elif kind != "unknown":
         t1, t2, t3, t4 = st.columns(4)
         fields["target"] = int(t1.number_input("Target label", min_value=0, value=0, step=1, key="trigger_target"))
         if kind == "badnets":
@@ -121,14 +131,17 @@ else:
             if uploaded is not None:
                 upload = accept_upload(uploaded.getvalue(), uploaded.name, runs_dir(), int(max_mb) * 1024 * 1024)
             elif local_path.strip():
-                from pathlib import Path
-
                 p = Path(local_path.strip()).expanduser()
                 if not p.is_file():
                     raise FileNotFoundError(f"No weights file at {p}.")
                 upload = accept_upload(p.read_bytes(), p.name, runs_dir(), max_bytes=1 << 40)
             else:
                 raise ValueError("Upload a weights file or give its path first.")
+            if poisoned_upload is not None:
+                fields["path"] = accept_poisoned_upload(poisoned_upload.getvalue(), poisoned_upload.name, runs_dir(),
+                                                        int(max_mb) * 1024 * 1024)
+            elif fields.get("path"):
+                fields["path"] = str(Path(fields["path"]).expanduser().resolve())
             model_spec = {"architecture": architecture_name(arch_choice, tv_name, local_class),
                           "checkpoint": str(upload.path), "arch_kwargs": parse_kwargs(kwargs_text),
                           "num_classes": int(num_classes) or None, "input_shape": None}
@@ -159,7 +172,8 @@ except USER_ERRORS as e:
 m1, m2, m3 = st.columns(3)
 m1.metric("Clean accuracy (ACC)", fmt_rate(summary["acc"]))
 m2.metric("Attack success rate (ASR)", fmt_rate(summary["asr"]),
-          help="Fraction of triggered test images (true label not the target) classified as the target.")
+          help="Fraction of triggered test images (true label not the target) classified as the target; for a "
+               "poisoned test set, the fraction of its images classified as their attack labels.")
 m3.metric("Classes", summary["num_classes"])
 st.caption(summary["data"])
 near_chance = chance_warning(summary["acc"], summary["num_classes"])
@@ -169,9 +183,11 @@ images = list(summary["clean"])
 titles = [f"label {y} → {p}" for y, p in zip(summary["labels"], summary["pred"])]
 if summary["triggered"] is not None:
     images += list(summary["triggered"])
-    titles += [f"triggered → {p}" for p in summary["pred_triggered"]]
+    titles += [("poisoned" if summary["poisoned"] else "triggered") + f" → {p}" for p in summary["pred_triggered"]]
 st.plotly_chart(figures.image_grid(images, titles, ncols=len(summary["clean"]),
-                                   title="Test images (top) and the same with the trigger (bottom), with predictions"),
+                                   title=("Test images (top) and poisoned test images (bottom), with predictions"
+                                          if summary["poisoned"] else
+                                          "Test images (top) and the same with the trigger (bottom), with predictions")),
                 key="examples")
 
 st.subheader("Neuron noise: does this model collapse onto one label?")
