@@ -157,6 +157,30 @@ def data_spec(dataset: str, location: str = "", clean_count: int = 500, seed: in
     return spec
 
 
+def spec_choice(path: str, location: str = "", clean_count: int = 500, dataset: str = "") -> dict:
+    """The page's model choice from a model spec (``prunescope import``'s spec.json): its model,
+    its dataset (or the one given instead, e.g. npz:PATH) and its poisoned test set."""
+    from defenses.modelspec import read_spec
+
+    if not (path or "").strip():
+        raise ValueError("Give the path of the spec.json that `prunescope import` wrote (or its folder).")
+    spec = read_spec(path.strip())
+    name = (dataset or "").strip() or spec.dataset or ""
+    kind, _, rest = name.partition(":")
+    if kind in ("npz", "folder") and rest:
+        data = data_spec(kind, rest, clean_count)
+    elif name in ("cifar10", "mnist", "gtsrb", "mnist5k"):
+        data = data_spec(name, location, clean_count)
+    else:
+        raise DataError(f"The spec's dataset {name or '(none)'} is not one prunescope loads by name; give it as "
+                        "npz:PATH or folder:PATH.")
+    if spec.image_size and name == spec.dataset:
+        data["image_size"] = int(spec.image_size)
+    source = spec.source.get("model_name") or spec.model["architecture"]
+    return {"model": spec.model, "data": data, "trigger": spec.trigger(),
+            "label": f"{source} · {Path(spec.path).parent.name}/{Path(spec.path).name}"}
+
+
 def normalization_spec(choice: str, custom: str = ""):
     """The model spec's ``normalize`` from the form: None, a preset name, or mean/std from
     "m1,m2,m3 / s1,s2,s3"; one sentence for text that is not that."""

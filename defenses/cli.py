@@ -1,7 +1,8 @@
-"""The command line: ``prunescope run | list | show | cancel | samples | dashboard``.
+"""The command line: ``prunescope run | import | neurons | neuron | list | show | cancel | samples | dashboard``.
 
     prunescope run --defense anp --model cnn_badnets --set iterations=500
     prunescope run --defense rnp --arch cnn --checkpoint my.safetensors --dataset mnist5k
+    prunescope import record/badnet_0_1/attack_result.pt imported/ && prunescope run --spec imported --defense anp
     prunescope dashboard
 """
 from __future__ import annotations
@@ -71,7 +72,16 @@ def build_request(args) -> RunRequest:
         raise ValueError(f"{info.title.split(':')[0]} has no demo budget; run it without --demo.")
     params = {**(info.demo if args.demo else {}), **_parse_sets(args.set)}  # --set wins over the demo
     normalize = _normalization(args)
-    if args.model:
+    spec = None
+    if getattr(args, "spec", None):
+        from .modelspec import read_spec
+
+        if args.model or args.arch or args.checkpoint:
+            raise ValueError("Give the model as --spec, or as --model / --arch and --checkpoint, not both.")
+        spec = read_spec(args.spec)
+    if spec is not None:
+        model = dict(spec.model)
+    elif args.model:
         model = {"sample": args.model}
     elif args.checkpoint and args.arch:
         model = {"architecture": args.arch, "checkpoint": os.path.abspath(args.checkpoint),
@@ -82,7 +92,9 @@ def build_request(args) -> RunRequest:
         raise ValueError("Give a sample with --model NAME, or your own weights with --arch ARCH --checkpoint FILE.")
     if normalize is not None:
         model["normalize"] = normalize
-    data = {"dataset": args.dataset, "seed": args.seed}
+    data = {"dataset": args.dataset or (spec.dataset if spec else None) or "mnist5k", "seed": args.seed}
+    if spec is not None and spec.image_size and not args.dataset:
+        data["image_size"] = spec.image_size
     if args.root:
         data["root"] = os.path.abspath(args.root)
     if args.clean_fraction is not None:
@@ -94,6 +106,8 @@ def build_request(args) -> RunRequest:
         if trigger is not None:
             raise ValueError("Give the trigger as --trigger or as --poisoned-test, not both.")
         trigger = {"kind": "poisoned", "path": os.path.abspath(args.poisoned_test)}
+    if trigger is None and spec is not None:
+        trigger = spec.trigger()  # the spec's poisoned test set
     return RunRequest(defense=info.name, params=params, model=model, data=data, trigger=trigger, device=args.device,
                       recover_triggers=not args.no_trigger_recovery, recover_on=args.recover_on,
                       recovery_params=_parse_sets(args.recovery_set, "--recovery-set"), oracle=args.oracle,
@@ -239,6 +253,21 @@ def cmd_neurons(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from .backdoorbench import import_attack_result
+
+    s = import_attack_result(args.path, args.out_dir, trust_pickle=args.trust_pickle)
+    c, h, w = s.input_shape
+    print(f"{s.architecture}, {s.num_classes} classes, {c}x{h}x{w} input, dataset {s.dataset or '?'}; "
+          f"{s.poisoned} poisoned test images")
+    for note in s.notes:
+        print(f"note: {note}")
+    print(f"wrote {s.spec.parent}/: model.safetensors, spec.json{', bd_test.npz' if s.poisoned else ''}")
+    print(f"next: prunescope run --spec {s.spec.parent} --defense anp" + (" --root DATA_FOLDER" if s.dataset in
+                                                                          ("cifar10", "mnist", "gtsrb") else ""))
+    return 0
+
+
 def cmd_cancel(args) -> int:
     ok = cancel_run(Path(args.runs_dir) / args.run_id)
     print("cancel sent" if ok else "that run is not running", file=sys.stderr)
@@ -268,11 +297,13 @@ def cmd_dashboard(args) -> int:
 def _model_and_data_args(p: argparse.ArgumentParser) -> None:
     """The options that say which model, on which data, shared by `run` and `neurons`."""
     p.add_argument("--model", help="a shipped sample model (see `prunescope samples`)")
+    p.add_argument("--spec", help="a model spec (spec.json, or its folder) as `prunescope import` writes it")
     p.add_argument("--arch", help="architecture name, tv:NAME, or path/to/file.py:ClassName")
     p.add_argument("--arch-kwargs", help="JSON keyword arguments for the architecture")
     p.add_argument("--checkpoint", help=".safetensors or .pt state dict")
     p.add_argument("--num-classes", type=int)
-    p.add_argument("--dataset", default="mnist5k", help="mnist5k, cifar10, mnist, gtsrb, folder:PATH, npz:PATH")
+    p.add_argument("--dataset", help="mnist5k (the default), cifar10, mnist, gtsrb, folder:PATH, npz:PATH; a spec's own "
+                                     "dataset otherwise")
     p.add_argument("--root", help="local folder of the torchvision dataset")
     p.add_argument("--clean-count", type=int, default=500)
     p.add_argument("--clean-fraction", type=float)
@@ -313,6 +344,14 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--detach", action="store_true", help="start the run and return at once")
     r.set_defaults(func=cmd_run)
 
+    i = sub.add_parser("import", help="convert a BackdoorBench attack_result.pt into weights, a model spec and its "
+                                      "poisoned test set")
+    i.add_argument("path", help="BackdoorBench's record/<attack>/attack_result.pt")
+    i.add_argument("out_dir", help="folder to write model.safetensors, spec.json and bd_test.npz into")
+    i.add_argument("--trust-pickle", action="store_true",
+                   help="also unpickle Python objects besides tensors and numpy arrays (this can run code: only for "
+                        "a file you made or vouch for)")
+    i.set_defaults(func=cmd_import)
     sub.add_parser("list", help="list runs").set_defaults(func=cmd_list)
     s = sub.add_parser("show", help="print a run's status and result")
     s.add_argument("run_id")

@@ -5,7 +5,8 @@ Every model takes float images in [0, 1] (N x C x H x W) and returns logits.
 Names (``build_model(name, num_classes, in_channels, image_size, **kwargs)``):
 - ``cnn``: a small conv net with BatchNorm, for 28x28 and 32x32 inputs.
 - ``preact_resnet18``: the CIFAR-style pre-activation ResNet-18 used by ANP and RNP
-  (``width`` multiplies the 64 base channels).
+  (``width`` multiplies the 64 base channels; ``final_bn=False``: BackdoorBench's, without the
+  last BatchNorm).
 - ``resnet18``: the CIFAR-style ResNet-18 (3x3 stem, no max-pool) with BN shortcuts, ``width``.
 - ``vgg11_bn``: VGG-11 with BatchNorm, ``width`` multiplier.
 - ``mlp_head``: a frozen ``cnn`` feature extractor and an MLP head without BatchNorm (the
@@ -75,7 +76,10 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    def __init__(self, num_classes=10, in_channels=3, image_size=32, width: float = 1.0):
+    """``final_bn=False`` is BackdoorBench's variant: no BatchNorm and ReLU before the pooling,
+    its state dict key for key (``defenses.backdoorbench``)."""
+
+    def __init__(self, num_classes=10, in_channels=3, image_size=32, width: float = 1.0, final_bn: bool = True):
         super().__init__()
         c = [max(4, int(round(v * width))) for v in (64, 128, 256, 512)]
         self.in_planes = c[0]
@@ -84,7 +88,7 @@ class PreActResNet18(nn.Module):
         self.layer2 = self._make(c[1], 2)
         self.layer3 = self._make(c[2], 2)
         self.layer4 = self._make(c[3], 2)
-        self.bn = nn.BatchNorm2d(c[3])
+        self.bn = nn.BatchNorm2d(c[3]) if final_bn else None
         self.linear = nn.Linear(c[3], num_classes)
 
     def _make(self, planes, stride):
@@ -96,7 +100,8 @@ class PreActResNet18(nn.Module):
 
     def forward(self, x):
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
-        out = F.relu(self.bn(out))
+        if self.bn is not None:
+            out = F.relu(self.bn(out))
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 

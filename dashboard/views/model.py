@@ -7,7 +7,8 @@ import streamlit as st
 from dashboard import cache, figures
 from dashboard.common import (USER_ERRORS, current_choice, default_sample, fmt_rate, sample_choice, show_error)
 from dashboard.modelsetup import (DATASETS, DEFAULT_MAX_UPLOAD_MB, POSITIONS, accept_poisoned_upload, accept_upload,
-                                  architecture_name, data_spec, normalization_spec, parse_kwargs, trigger_spec)
+                                  architecture_name, data_spec, normalization_spec, parse_kwargs, spec_choice,
+                                  trigger_spec)
 from defenses.normalization import PRESETS as NORM_PRESETS, chance_warning
 from dashboard.rundata import runs_dir
 from defenses.models import ARCHITECTURES
@@ -19,8 +20,11 @@ st.caption("Choose the model to examine: a small backdoored sample that ships wi
 choice = current_choice()
 cat = catalog()
 names = list(cat)
-source = st.radio("Model source", ["Sample model", "Your own weights"], horizontal=True, key="model_source",
-                  index=0 if choice is None or "sample" in choice["model"] else 1)
+SOURCES = ["Sample model", "Your own weights", "A model spec"]
+source = st.radio("Model source", SOURCES, horizontal=True, key="model_source",
+                  index=0 if choice is None or "sample" in choice["model"] else 1,
+                  help="A model spec is the spec.json that `prunescope import` writes for a BackdoorBench attack "
+                       "result: architecture, normalisation, dataset and poisoned test set in one file.")
 
 if source == "Sample model":
     if not names:
@@ -58,6 +62,23 @@ if source == "Sample model":
                            "`docs/study.md` has the study these samples were chosen from.")
         st.session_state["choice"] = sample_choice(name, int(clean))
         st.query_params["sample"] = name  # a reload, or a link, opens the same sample
+elif source == "A model spec":
+    st.caption("Convert a BackdoorBench result first: `prunescope import record/<attack>/attack_result.pt OUT_DIR`. "
+               "The spec names the architecture, the dataset's normalisation and the poisoned test set (the ASR set).")
+    s1, s2, s3 = st.columns([2, 2, 1])
+    spec_file = s1.text_input("Path of spec.json (or its folder)", key="spec_path")
+    spec_root = s2.text_input("Local folder of its dataset (CIFAR-10, MNIST, GTSRB), or npz:PATH / folder:PATH "
+                              "instead", key="spec_data")
+    spec_clean = s3.number_input("Clean-set size", min_value=10, value=500, step=50, key="spec_clean_count")
+    if st.button("Check and use this spec", type="primary", key="use_spec"):
+        try:
+            other = spec_root.strip() if spec_root.strip().startswith(("npz:", "folder:")) else ""
+            new = spec_choice(spec_file, "" if other else spec_root, int(spec_clean), other)
+            cache.model_summary(json.dumps(new, sort_keys=True))  # refuses a spec that does not load, here
+            st.session_state["choice"] = new
+            st.success(f"Using {new['label']}.")
+        except USER_ERRORS as e:
+            show_error(e)  # the previous choice stays in use
 else:
     max_mb = st.get_option("server.maxUploadSize") or DEFAULT_MAX_UPLOAD_MB
     st.caption("Weights are read as safetensors or as a PyTorch state dict with `weights_only=True`: nothing in the "
