@@ -106,9 +106,10 @@ def test_triggered_images_of_a_poisoned_set_are_its_own_from_start():
     assert got[:, 0, 0, 0].mul(255).round().tolist() == [2, 0]  # wraps round
 
 
-def test_a_run_measures_asr_on_the_poisoned_set_and_its_oracle_learns_on_half(tmp_path, mnist5k):
+def test_a_run_measures_asr_on_the_poisoned_set_and_its_oracle_learns_on_half(tmp_path, mnist5k, runs):
     """The sample's own trigger saved as arrays: the run's baseline ASR is the recipe's, and the
-    oracle (which needs the true labels) learns on one half and is measured on the other."""
+    oracle (which needs the true labels) learns on one half and is measured on the other; the
+    Explore and Neuron pages show the run."""
     from sample_models import load_sample
 
     sample = load_sample("cnn_blend")
@@ -119,13 +120,28 @@ def test_a_run_measures_asr_on_the_poisoned_set_and_its_oracle_learns_on_half(tm
                          trigger={"kind": "poisoned", "path": str(path)}, recover_triggers=False, oracle=True,
                          oracle_iterations=20)
     preflight(request)
-    run_dir = create_run(request, tmp_path / "runs")
+    run_dir = create_run(request, runs)
     assert execute(run_dir) == "done", read_json(run_dir / "status.json")
     result = read_json(run_dir / "result.json")
     assert result["baseline"]["asr"] == pytest.approx(expected, abs=1e-9) and expected > 0.9
     oracle = read_json(run_dir / "oracle.json")
     assert oracle["asr_on"].startswith("the poisoned test images it did not learn on")
     assert oracle["rows"][0]["asr"] > 0.9
+
+    from test_dashboard_app import app, no_exception, open_tab
+
+    at = app(300).run()
+    at.switch_page("views/explore.py").run()
+    open_tab(at, "Sweep")
+    no_exception(at, "explore")
+    assert any("measured on the other half" in c.value for c in at.caption), [c.value for c in at.caption]
+    nmap = read_json(run_dir / "result.json")["layers"][0]
+    at = app(300)
+    at.switch_page("views/neuron.py")
+    at.query_params.update(run=run_dir.name, layer=nmap["name"], index="0")
+    at.run()
+    no_exception(at, "neuron page")
+    assert at.title[0].value == "Neuron inspector"
 
 
 def test_the_oracle_refuses_a_poisoned_set_without_true_labels(tmp_path, mnist5k):

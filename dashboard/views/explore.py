@@ -72,7 +72,8 @@ m1.metric("ACC after pruning", fmt_rate(row["acc"]), delta=acc_delta, delta_colo
 asr_delta = rundata.points_delta(row["asr"], base.get("asr")) if run.asr_known else None
 m2.metric("ASR after pruning", fmt_rate(row["asr"]), delta=asr_delta,
           delta_color="inverse" if rundata.is_change(asr_delta) else "off",
-          help="Attack success rate with the attacker's trigger on the test split (a real defender cannot measure it).")
+          help="Attack success rate with the attacker's trigger on the test split, or on the poisoned test set given "
+               "(a real defender cannot measure it).")
 m3.metric("Neurons pruned", f"{row['n_pruned']} / {sum(v.size for v in run.scores.values())}")
 d = res.get("default", {})
 # a line, not a fourth metric: "ACC / ASR" in a metric's large type is cut off at 1000 px
@@ -119,7 +120,9 @@ def _sweep_tab():
                    "spare: no pruning defense can do much better than its curve. " +
                    (f"It brings ASR under 5% with {cut['n_pruned']} neurons, at ACC {fmt_rate(cut['acc'])}."
                     if cut else "No count in its sweep brings ASR under 5%: this backdoor resists pruning.") +
-                   _oracle_overlap(run, threshold))
+                   _oracle_overlap(run, threshold) +
+                   (" With a poisoned test set it learns on one half of its images and its ASR is measured on the "
+                    "other half." if "poisoned" in str(run.oracle.get("asr_on", "")) else ""))
 
 def _scores_tab():
     kind = st.radio("Show as", ["histogram", "violin", "ecdf"], horizontal=True, key="dist_kind")

@@ -75,5 +75,6 @@ except USER_ERRORS as e:
 titles = [f"{t}<br>→ {a} / {b}" for t, a, b in zip(maps["titles"], maps["pred_before"], maps["pred_after"])]
 st.plotly_chart(figures.attribution_figure(maps["images"], maps["before"], maps["after"], titles, method),
                 key="attr_chart")
-st.caption("Column titles give the true label (clean or triggered image) and the prediction before / after pruning. On a backdoored model the triggered inputs' "
+st.caption("Column titles give the true label (clean or triggered image; for a poisoned test set, its own images, "
+           "numbered) and the prediction before / after pruning. On a backdoored model the triggered inputs' "
            "evidence sits on the trigger; after a good cut it moves back to the digit.")
