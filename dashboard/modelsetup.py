@@ -177,7 +177,7 @@ def spec_choice(path: str, location: str = "", clean_count: int = 500, dataset: 
     if spec.image_size and name == spec.dataset:
         data["image_size"] = int(spec.image_size)
     source = spec.source.get("model_name") or spec.model["architecture"]
-    return {"model": spec.model, "data": data, "trigger": spec.trigger(),
+    return {"model": spec.model, "data": data, "trigger": spec.trigger(), "spec": spec.path,
             "label": f"{source} · {Path(spec.path).parent.name}/{Path(spec.path).name}"}
 
 

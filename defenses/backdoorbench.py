@@ -152,13 +152,22 @@ def _as_array(image, channels: int) -> np.ndarray:
 
 def poisoned_arrays(bd_test, folder: Path, channels: int) -> tuple[dict | None, str]:
     """({"x_bd", "y_bd", "y_true"}, "") from a result's ``bd_test``, or (None, why not)."""
+    try:
+        return _poisoned_arrays(bd_test, folder, channels)
+    except (TypeError, ValueError, KeyError, IndexError, OSError) as e:  # a damaged layout or image
+        return None, f"its bd_test could not be read ({type(e).__name__}: {str(e)[:120]})"
+
+
+def _poisoned_arrays(bd_test, folder: Path, channels: int) -> tuple[dict | None, str]:
     if not isinstance(bd_test, dict):
         return None, "the file has no poisoned test set (bd_test)"
     if "x" in bd_test and "y" in bd_test:  # the early layouts: the images in the file
         x = bd_test["x"]
         x = x.numpy() if isinstance(x, torch.Tensor) else np.stack([_as_array(im, channels) for im in x])
         y = np.asarray(bd_test["y"].numpy() if isinstance(bd_test["y"], torch.Tensor) else bd_test["y"])
-        out = {"x_bd": np.clip(np.round(x), 0, 255).astype(np.uint8) if x.dtype != np.uint8 else x, "y_bd": y}
+        if x.dtype != np.uint8:  # floats: 0..255 in the early layout, or 0..1; kept as pixels
+            x = np.clip(np.round(x * 255 if float(x.max(initial=0)) <= 1.0 else x), 0, 255).astype(np.uint8)
+        out = {"x_bd": x, "y_bd": y}
         if bd_test.get("original_targets") is not None:
             out["y_true"] = np.asarray(bd_test["original_targets"])
         return out, ""
@@ -226,7 +235,10 @@ def import_attack_result(path, out_dir, *, trust_pickle: bool = False) -> Import
     if report:
         raise CheckpointError(f"{path.name}'s {name} weights do not match BackdoorBench's {name}: {report}")
     check_finite(state, path.name)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"Cannot write into {out} ({type(e).__name__}); choose another output folder.") from None
     save_safetensors(state, str(out / "model.safetensors"), metadata={"source": str(path), "model_name": name})
     notes = []
     ours, mean, std = DATASETS.get(dataset, (None, None, None))

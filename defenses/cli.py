@@ -76,8 +76,9 @@ def build_request(args) -> RunRequest:
     if getattr(args, "spec", None):
         from .modelspec import read_spec
 
-        if args.model or args.arch or args.checkpoint:
-            raise ValueError("Give the model as --spec, or as --model / --arch and --checkpoint, not both.")
+        if args.model or args.arch or args.checkpoint or args.arch_kwargs or args.num_classes:
+            raise ValueError("Give the model as --spec, or as --model / --arch and --checkpoint, not both (a spec "
+                             "holds its architecture, arguments and class count).")
         spec = read_spec(args.spec)
     if spec is not None:
         model = dict(spec.model)
@@ -93,7 +94,7 @@ def build_request(args) -> RunRequest:
     if normalize is not None:
         model["normalize"] = normalize
     data = {"dataset": args.dataset or (spec.dataset if spec else None) or "mnist5k", "seed": args.seed}
-    if spec is not None and spec.image_size and not args.dataset:
+    if spec is not None and spec.image_size and data["dataset"] == spec.dataset:  # as the Model page does
         data["image_size"] = spec.image_size
     if args.root:
         data["root"] = os.path.abspath(args.root)
@@ -380,7 +381,7 @@ def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, OSError) as e:  # OSError: a folder that cannot be written, a file gone
         from .runs import one_sentence
 
         print(f"error: {one_sentence(e)}", file=sys.stderr)

@@ -62,6 +62,11 @@ def read_spec(path) -> ModelSpec:
     missing = [k for k in ("architecture", "checkpoint") if not raw.get(k)]
     if missing:
         raise SpecError(f"{p.name} lacks {' and '.join(missing)}.")
+    wrong = [k for k, kind in (("architecture", str), ("checkpoint", str), ("arch_kwargs", dict),
+                               ("dataset", str), ("poisoned_test", str)) if raw.get(k) is not None
+             and not isinstance(raw[k], kind)]
+    if wrong:
+        raise SpecError(f"{p.name} has {', '.join(wrong)} of the wrong kind (a text, or for arch_kwargs an object).")
     if ".py:" in str(raw["architecture"]):
         raise SpecError(f"{p.name} names a Python file as its architecture, which a spec may not run; give it "
                         "with --arch on the command line if it is your own.")

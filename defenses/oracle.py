@@ -25,14 +25,16 @@ from .poisoned import PoisonedSet
 from .triggers import Trigger
 
 
-def check_oracle_trigger(trigger) -> None:
-    """Refuse, in one sentence, a trigger the oracle cannot learn from."""
+def check_oracle_trigger(trigger, minimum: int = 4) -> None:
+    """Refuse, in one sentence, a trigger the oracle cannot learn from: a poisoned test set needs
+    true labels and, for a run, at least ``minimum`` images (half to learn on, half to measure)."""
     if isinstance(trigger, PoisonedSet):
         if trigger.true_labels is None:
             raise ValueError("The oracle needs each poisoned image's true label, to learn to undo the trigger: add "
                              "y_true to the poisoned test set, or leave the oracle off.")
-        if len(trigger) < 4:
-            raise ValueError("The oracle needs at least 4 poisoned test images (half to learn on, half to measure).")
+        if len(trigger) < minimum:
+            raise ValueError(f"The oracle needs at least {minimum} poisoned test images (half to learn on, half to "
+                             "measure).")
 
 
 def _triggered_batch(trigger, x, y, batch_size: int, gen: torch.Generator):
@@ -53,7 +55,7 @@ def oracle_scores(model, clean: ArraySplit, trigger: Trigger | PoisonedSet, *, l
     ``layers`` restricts the oracle to some neuron layers (an MLP head, to compare with Hölder).
     Progress goes to ``callback.step("oracle", i, iterations, ...)``. Given a poisoned test set
     (with true labels) it learns on those images; measure it on others (``PoisonedSet.halves``)."""
-    check_oracle_trigger(trigger)
+    check_oracle_trigger(trigger, minimum=1)  # a run checked the whole set before halving it
     callback = callback or NullCallback()
     device = torch.device(device or "cpu")
     net = working_copy(model, device).eval()

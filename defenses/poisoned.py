@@ -48,6 +48,12 @@ class PoisonedSet:
         idx = (torch.arange(n) + start) % len(self.split)
         return self.split.images(idx)
 
+    def head(self, n: int) -> "PoisonedSet":
+        """The first n poisoned images (a run's live probes measure on a slice, as on the test split)."""
+        idx = torch.arange(min(n, len(self)))
+        labels = None if self.true_labels is None else self.true_labels[idx]
+        return PoisonedSet(self.split.subset(idx), labels, self.source)
+
     def halves(self) -> tuple["PoisonedSet", "PoisonedSet"]:
         """(even rows, odd rows): one half for the oracle to learn on, the other to measure it on."""
         parts = []
@@ -86,7 +92,7 @@ def _as_nchw_uint8(x: np.ndarray, shape: tuple[int, int, int], label: str) -> to
         return torch.from_numpy(np.ascontiguousarray(x))
     if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
         raise DataError(f"{label}: x_bd holds {x.dtype} values; give uint8 pixels or floats in [0, 1].")
-    x = x.astype(np.float64)
+    x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise DataError(f"{label}: x_bd has NaN or infinite pixels.")
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
@@ -112,15 +118,46 @@ def _labels(arr: np.ndarray, n: int, num_classes: int, key: str, label: str) -> 
     return torch.from_numpy(arr)
 
 
+MAX_UNPACKED = 4 << 30  # bytes: a compressed upload must not unpack into more than this
+
+
+def _check_unpacked_size(f, label: str) -> None:
+    """Refuse, from the array headers alone, arrays that would unpack into more than MAX_UNPACKED
+    bytes (a small compressed file can hold a huge array of zeros)."""
+    total = 0
+    for key in ("x_bd", "y_bd", "y_true"):
+        if f"{key}.npy" not in f.zip.namelist():
+            continue
+        with f.zip.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(member, max_header_size=1 << 20)
+        total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if total > MAX_UNPACKED:
+        raise DataError(f"{label} would unpack into {total / (1 << 30):.1f} GiB of arrays, over the "
+                        f"{MAX_UNPACKED >> 30} GiB limit; give fewer poisoned images.")
+
+
 def load_poisoned(path, shape: tuple[int, int, int], num_classes: int) -> PoisonedSet:
     """Read an npz of poisoned test images for a dataset of ``shape`` (C, H, W) and classes."""
     path = os.fspath(path)
     label = os.path.basename(path)
     if not os.path.isfile(path):
         raise DataError(f"No poisoned test set at {path}; give an .npz file with x_bd and y_bd.")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{label} is not an .npz archive; save the poisoned images with numpy.savez(path, x_bd=..., "
+                        "y_bd=...).")
     try:
         with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
+            names = list(f.files)
+            missing = [k for k in ("x_bd", "y_bd") if k not in names]
+            if missing:
+                raise DataError(f"{label} lacks {' and '.join(missing)} (it holds {', '.join(names) or 'no arrays'}); "
+                                "save the poisoned images as x_bd and their attack labels as y_bd.")
+            _check_unpacked_size(f, label)
+            arrays = {k: f[k] for k in ("x_bd", "y_bd", "y_true") if k in names}  # only these are unpacked
+    except DataError:
+        raise
     except ValueError as e:
         if "pickle" in str(e):
             raise DataError(f"{label} holds pickled Python objects, which are never loaded; save plain arrays with "
@@ -129,10 +166,6 @@ def load_poisoned(path, shape: tuple[int, int, int], num_classes: int) -> Poison
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{label} is not a readable .npz file ({type(e).__name__}); save it with "
                         "numpy.savez(path, x_bd=..., y_bd=...).") from None
-    missing = [k for k in ("x_bd", "y_bd") if k not in arrays]
-    if missing:
-        raise DataError(f"{label} lacks {' and '.join(missing)} (it holds {', '.join(arrays) or 'no arrays'}); save "
-                        "the poisoned images as x_bd and their attack labels as y_bd.")
     x = _as_nchw_uint8(arrays["x_bd"], tuple(shape), label)
     y = _labels(arrays["y_bd"], len(x), num_classes, "y_bd", label)
     true = _labels(arrays["y_true"], len(x), num_classes, "y_true", label) if "y_true" in arrays else None

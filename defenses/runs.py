@@ -504,13 +504,14 @@ def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
     config = config_from_dict(info.config_cls, cfg["params"])
     defense = info.cls(config)
     probe_split = data.test.subset(torch.arange(min(PROBE_IMAGES, len(data.test))))
+    probe_trigger = trigger.head(PROBE_IMAGES) if isinstance(trigger, PoisonedSet) else trigger
     suspicious_rule = {}
 
     def probe(scores):
         if "threshold" not in suspicious_rule:
             return {}
         sel = selection_by_threshold(scores, suspicious_rule["threshold"], suspicious_rule["suspicious"])
-        m = evaluate(prune(model, nmap, sel, suspicious_rule["rule"]), probe_split, trigger, device=device)
+        m = evaluate(prune(model, nmap, sel, suspicious_rule["rule"]), probe_split, probe_trigger, device=device)
         return {"n_pruned": count_selected(sel), **m}
 
     # ANP and RNP masks are low-is-suspicious with a fixed threshold, known before the run ends.

@@ -235,3 +235,46 @@ def test_the_model_page_loads_an_imported_spec(record, tmp_path, runs):
     choice = at.session_state["choice"]
     assert choice["trigger"]["kind"] == "poisoned" and choice["model"]["normalize"]["std"] == list(STD)
     assert metric(at, "Attack success rate (ASR)") == f"{100 * by_hand:.1f}%"
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"architecture": "mine.py:Net"}, "names a Python file as its architecture, which a spec may not run"),
+    ({"architecture": ["cnn"]}, "has architecture of the wrong kind"),
+    ({"arch_kwargs": [1]}, "has arch_kwargs of the wrong kind"),
+    ({"prunescope_spec": 9}, "is not a prunescope model spec"),
+])
+def test_a_spec_that_would_run_code_or_is_malformed_is_refused(tmp_path, change, fragment):
+    from defenses.modelspec import read_spec, write_spec
+
+    path = write_spec(tmp_path, architecture="cnn", checkpoint="model.safetensors")
+    spec = {**json.loads(path.read_text()), **change}
+    path.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        read_spec(tmp_path)
+
+
+def test_spec_and_model_options_together_are_refused(capsys):
+    assert main(["run", "--defense", "clp", "--spec", "x", "--model", "cnn_blend"]) == 2
+    assert "Give the model as --spec, or as --model" in capsys.readouterr().err
+
+
+def test_a_damaged_png_leaves_the_model_imported_and_says_why(record, tmp_path):
+    import shutil
+
+    folder = tmp_path / "record" / "badnet_demo"
+    shutil.copytree(record["pt"].parent, folder)
+    first = sorted((folder / "bd_test_dataset").rglob("*.png"))[0]
+    first.write_bytes(b"not a png")
+    s = import_attack_result(folder / "attack_result.pt", tmp_path / "out")
+    assert s.poisoned == 0 and (tmp_path / "out" / "model.safetensors").exists()
+    assert any("its bd_test could not be read (UnidentifiedImageError" in n for n in s.notes), s.notes
+
+
+def test_early_layout_floats_in_0_1_stay_pixels(tmp_path):
+    x = torch.rand(4, 3, 32, 32)
+    torch.save({"model_name": "preactresnet18", "num_classes": 10, "img_size": (32, 32, 3), "clean_data": "cifar10",
+                "model": build_model("preact_resnet18", 10, 3, 32, final_bn=False).state_dict(),
+                "bd_test": {"x": x, "y": torch.zeros(4, dtype=torch.long)}}, tmp_path / "attack_result.pt")
+    import_attack_result(tmp_path / "attack_result.pt", tmp_path / "out")
+    with np.load(tmp_path / "out" / "bd_test.npz") as f:
+        assert np.abs(f["x_bd"].astype(float) - x.numpy() * 255).max() <= 0.5

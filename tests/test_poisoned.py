@@ -91,7 +91,7 @@ def test_a_pickled_or_broken_file_is_refused_without_being_run(tmp_path):
         load_poisoned(pickled, (1, 4, 4), 3)
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(DataError, match="not a readable .npz file"):
+    with pytest.raises(DataError, match="broken.npz is not an .npz archive"):
         load_poisoned(broken, (1, 4, 4), 3)
     with pytest.raises(DataError, match="No poisoned test set at"):
         load_poisoned(tmp_path / "missing.npz", (1, 4, 4), 3)
@@ -195,3 +195,32 @@ def test_the_model_page_takes_a_poisoned_test_set(tmp_path, runs, mnist5k):
     trig = at.session_state["choice"]["trigger"]
     assert trig["kind"] == "poisoned" and trig["path"].startswith(str((runs / "uploads").resolve()))
     assert metric(at, "Attack success rate (ASR)") == f"{100 * expected:.1f}%"
+
+
+def test_a_non_npz_or_oversized_file_gets_one_sentence(tmp_path, monkeypatch):
+    import defenses.poisoned as poisoned
+
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    with pytest.raises(DataError, match="a.npy is not an .npz archive"):
+        load_poisoned(tmp_path / "a.npy", (1, 4, 4), 3)
+    path = write_npz(tmp_path / "p.npz", np.zeros((8, 4, 4, 1), np.uint8), np.zeros(8, int))
+    monkeypatch.setattr(poisoned, "MAX_UNPACKED", 100)  # read from the headers, before unpacking
+    with pytest.raises(DataError, match=r"would unpack into 0.0 GiB of arrays, over the 0 GiB limit"):
+        load_poisoned(path, (1, 4, 4), 3)
+
+
+def test_the_oracle_learns_on_a_small_half(tmp_path):
+    """A run checks the whole poisoned set (at least 4 images); each half may then be small."""
+    from defenses.oracle import check_oracle_trigger, oracle_scores
+
+    model = build_planted()
+    clean, test = clean_and_test()
+    path, _ = stamped_npz(tmp_path, test.subset(torch.arange(12)), stamp, 0)
+    p = load_poisoned(path, (1, 4, 4), 2).head(5)
+    assert len(p) == 5 and p.true_labels.tolist() == [1] * 5
+    check_oracle_trigger(p)
+    learn, measure = p.halves()
+    masks = oracle_scores(model, clean, learn, iterations=3)  # 3 images: fine
+    assert masks["fc1"].shape == (12,)
+    with pytest.raises(ValueError, match="at least 4 poisoned test images"):
+        check_oracle_trigger(measure)

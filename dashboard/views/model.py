@@ -22,7 +22,7 @@ cat = catalog()
 names = list(cat)
 SOURCES = ["Sample model", "Your own weights", "A model spec"]
 source = st.radio("Model source", SOURCES, horizontal=True, key="model_source",
-                  index=0 if choice is None or "sample" in choice["model"] else 1,
+                  index=0 if choice is None or "sample" in choice["model"] else 2 if choice.get("spec") else 1,
                   help="A model spec is the spec.json that `prunescope import` writes for a BackdoorBench attack "
                        "result: architecture, normalisation, dataset and poisoned test set in one file.")
 
