@@ -27,7 +27,6 @@ file they vouch for. The web page never offers that.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import warnings
 from dataclasses import dataclass, field

@@ -48,7 +48,8 @@ import torch
 from torch import nn
 
 from .base import Callback, DefenseResult, NullCallback, check_range, register, resolve_device
-from .neurons import NORM_LABELS, NeuronLayer, NeuronMap, find_neurons
+from .neurons import NeuronLayer, NeuronMap, find_neurons
+from .norms import NORM_LABELS
 
 _BN = nn.modules.batchnorm._BatchNorm
 

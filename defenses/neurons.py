@@ -33,11 +33,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .norms import NORM_KINDS, NORM_LABELS, NORMS, norm_kind
+
 _BN = nn.modules.batchnorm._BatchNorm
-_IN = nn.modules.instancenorm._InstanceNorm
-_NORMS = (_BN, nn.GroupNorm, nn.LayerNorm, _IN)
-NORM_LABELS = {"bn": "BatchNorm", "groupnorm": "GroupNorm", "layernorm": "LayerNorm", "instancenorm": "InstanceNorm"}
-NORM_KINDS = tuple(NORM_LABELS)
 
 
 class NeuronError(ValueError):
@@ -100,7 +98,7 @@ def find_neurons(model: nn.Module, input_shape: tuple[int, ...], device=None) ->
         calls.append((names[mod], mod, id(inputs[0]), id(output), tuple(inputs[0].shape)))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear, *_NORMS))]
+               if isinstance(m, (nn.Conv2d, nn.Linear, *NORMS))]
     was_training = model.training
     try:
         model.eval()
@@ -120,18 +118,18 @@ def find_neurons(model: nn.Module, input_shape: tuple[int, ...], device=None) ->
     first_call = {}
     for name, mod, in_id, out_id, shape in calls:
         first_call.setdefault(name, (mod, in_id, out_id, shape))
-    out_owner = {out_id: name for name, (mod, _, out_id, _) in first_call.items() if not isinstance(mod, _NORMS)}
+    out_owner = {out_id: name for name, (mod, _, out_id, _) in first_call.items() if not isinstance(mod, NORMS)}
 
     classifier = next((n for n, (m, _, o, _) in first_call.items() if o == id(out)), None)
     if classifier is None:  # output made by a functional op: fall back to the last Linear/Conv called
         classifier = next((n for n, m, _, _, _ in reversed(calls) if isinstance(m, (nn.Linear, nn.Conv2d))), None)
-    if classifier is not None and isinstance(first_call[classifier][0], _NORMS):
+    if classifier is not None and isinstance(first_call[classifier][0], NORMS):
         classifier = None
 
-    norms = {n: (m, shape) for n, (m, _, _, shape) in first_call.items() if isinstance(m, _NORMS)}
+    norms = {n: (m, shape) for n, (m, _, _, shape) in first_call.items() if isinstance(m, NORMS)}
     kinds = {}
     for n, (m, shape) in norms.items():
-        kind, reason = _norm_kind(m, shape)
+        kind, reason = norm_kind(m, shape)
         if reason:
             raise NeuronError(f"{n} is {reason}; prunescope cannot prune a model with such a layer.")
         kinds[n] = kind
@@ -164,30 +162,6 @@ def find_neurons(model: nn.Module, input_shape: tuple[int, ...], device=None) ->
     if not layers:
         raise NeuronError("The model has no neurons to prune besides its final classifier.")
     return NeuronMap(tuple(layers), classifier, tuple(first_call), tuple(left_out))
-
-
-def _norm_kind(mod: nn.Module, in_shape: tuple) -> tuple[str | None, str]:
-    """(kind, "") for a norm whose channels are neurons; (None, "") for a BatchNorm without affine
-    (left out, harmless); (None, why) for a norm that undoes pruning before it (refused)."""
-    if isinstance(mod, _BN):
-        return ("bn" if mod.affine else None), ""
-    per_sample = "it normalises each image with its own statistics, so a channel pruned before it is undone"
-    if isinstance(mod, nn.GroupNorm):
-        if not mod.affine:
-            return None, f"a GroupNorm without a learnable per-channel scale (affine=False): {per_sample}"
-        return "groupnorm", ""
-    if isinstance(mod, _IN):
-        if not mod.affine:
-            return None, f"an InstanceNorm without a learnable per-channel scale (affine=False): {per_sample}"
-        return "instancenorm", ""
-    # LayerNorm: its affine must be per channel, i.e. over one dimension or the whole C x H x W.
-    if mod.weight is None:
-        return None, f"a LayerNorm without a learnable scale (elementwise_affine=False): {per_sample}"
-    shape = tuple(mod.normalized_shape)
-    if len(shape) > 1 and shape != tuple(in_shape[1:]):
-        return None, (f"a LayerNorm over {shape} of a {tuple(in_shape[1:])} input, whose scale is not one per "
-                      "channel")
-    return "layernorm", ""
 
 
 # ---------------------------------------------------------------- masks and perturbations
