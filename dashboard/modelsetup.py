@@ -208,7 +208,9 @@ def trigger_spec(kind: str, **fields) -> dict | None:
     if kind == "poisoned":
         if not fields.get("path"):
             raise TriggerError("Upload the poisoned test set (.npz with x_bd and y_bd) or give its path first.")
-        return {"kind": "poisoned", "path": str(fields["path"])}
+        from defenses.poisoned import poisoned_trigger
+
+        return poisoned_trigger(fields["path"])
     keep = {"badnets": ("target", "size", "position", "color"), "blend": ("target", "alpha", "seed", "image")}
     if kind not in keep:
         raise TriggerError(f"Unknown trigger kind {kind!r}; choose badnets, blend or unknown.")

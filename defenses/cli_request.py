@@ -97,7 +97,9 @@ def build_request(args) -> RunRequest:
     if getattr(args, "poisoned_test", None):
         if trigger is not None:
             raise ValueError("Give the trigger as --trigger or as --poisoned-test, not both.")
-        trigger = {"kind": "poisoned", "path": os.path.abspath(args.poisoned_test)}
+        from .poisoned import poisoned_trigger
+
+        trigger = poisoned_trigger(args.poisoned_test)
     if trigger is None and spec is not None:
         trigger = spec.trigger()  # the spec's poisoned test set
     return RunRequest(defense=info.name, params=params, model=model, data=data, trigger=trigger, device=args.device,

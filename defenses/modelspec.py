@@ -40,7 +40,11 @@ class ModelSpec:
 
     def trigger(self) -> dict | None:
         """The run's trigger from the spec: its poisoned test set, else unknown."""
-        return {"kind": "poisoned", "path": self.poisoned_test} if self.poisoned_test else None
+        if not self.poisoned_test:
+            return None
+        from .poisoned import poisoned_trigger
+
+        return poisoned_trigger(self.poisoned_test)
 
 
 def spec_path(path) -> Path:

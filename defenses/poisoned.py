@@ -178,6 +178,25 @@ def load_poisoned(path, shape: tuple[int, int, int], num_classes: int) -> Poison
     return PoisonedSet(ArraySplit(x, y), true, path)
 
 
+def file_digest(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def poisoned_trigger(path) -> dict:
+    """A run's trigger entry for a poisoned test set: its absolute path and its sha256, so a run
+    that reads it again later (the Neuron page, the attributions) knows if the file changed."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise DataError(f"No poisoned test set at {path}; give an .npz file with x_bd and y_bd.")
+    return {"kind": "poisoned", "path": path, "sha256": file_digest(path)}
+
+
 def build_trigger(trigger_dict: dict | None, shape: tuple[int, int, int], num_classes: int):
     """A run's trigger from its config: None (unknown), a poisoned test set
     (``{"kind": "poisoned", "path": ...}``) or a stamped trigger recipe (``TriggerSpec``)."""
@@ -186,7 +205,12 @@ def build_trigger(trigger_dict: dict | None, shape: tuple[int, int, int], num_cl
     if not trigger_dict:
         return None
     if trigger_dict.get("kind") == "poisoned":
-        return load_poisoned(trigger_dict.get("path", ""), shape, num_classes)
+        path = trigger_dict.get("path", "")
+        want = trigger_dict.get("sha256")
+        if want and os.path.isfile(path) and file_digest(path) != want:
+            raise DataError(f"The poisoned test set {os.path.basename(path)} has changed since it was chosen (its "
+                            "sha256 differs); choose it again, or restore the file the run measured.")
+        return load_poisoned(path, shape, num_classes)
     trigger = TriggerSpec.from_dict(trigger_dict).build(shape)
     if not 0 <= trigger.target < num_classes:  # else ASR silently reads 0
         raise ValueError(f"The target label {trigger.target} is not one of the dataset's {num_classes} classes "

@@ -121,7 +121,7 @@ def test_import_writes_weights_spec_and_the_poisoned_set_and_a_run_measures_asr_
     args = make_parser().parse_args(["run", "--defense", "clp", "--spec", str(out), "--dataset",
                                      f"npz:{record['root'] / 'cifar_like.npz'}"])
     request = build_request(args)
-    assert request.trigger == {"kind": "poisoned", "path": str((out / "bd_test.npz").resolve())}
+    assert request.trigger["path"] == str((out / "bd_test.npz").resolve()) and "sha256" in request.trigger
     data, model, _, trigger, _ = load_inputs(request.model, request.data, request.trigger)
     assert len(trigger) == 40 and trigger.target == 0
     from defenses.evaluation import evaluate

@@ -158,9 +158,20 @@ def test_the_oracle_refuses_a_poisoned_set_without_true_labels(tmp_path, mnist5k
 def test_the_cli_takes_a_poisoned_test_set(tmp_path, mnist5k, capsys):
     from defenses.cli import build_request, make_parser
 
-    args = make_parser().parse_args(["run", "--defense", "clp", "--model", "cnn_blend", "--poisoned-test",
-                                     str(tmp_path / "bd.npz")])
-    assert build_request(args).trigger == {"kind": "poisoned", "path": str(tmp_path / "bd.npz")}
+    path = write_npz(tmp_path / "bd.npz", np.zeros((2, 28, 28), np.uint8), np.zeros(2, int))
+    args = make_parser().parse_args(["run", "--defense", "clp", "--model", "cnn_blend", "--poisoned-test", str(path)])
+    trigger = build_request(args).trigger
+    assert trigger["kind"] == "poisoned" and trigger["path"] == str(path) and len(trigger["sha256"]) == 64
+    from defenses.poisoned import build_trigger
+
+    assert len(build_trigger(trigger, (1, 28, 28), 10)) == 2
+    write_npz(path, np.zeros((3, 28, 28), np.uint8), np.zeros(3, int))  # the file changes after the run chose it
+    with pytest.raises(DataError, match="bd.npz has changed since it was chosen"):
+        build_trigger(trigger, (1, 28, 28), 10)
+    missing = make_parser().parse_args(["run", "--defense", "clp", "--model", "cnn_blend", "--poisoned-test",
+                                        str(tmp_path / "gone.npz")])
+    with pytest.raises(DataError, match="No poisoned test set at"):
+        build_request(missing)
     both = make_parser().parse_args(["run", "--defense", "clp", "--model", "cnn_blend", "--poisoned-test", "x.npz",
                                      "--trigger", '{"kind": "badnets"}'])
     with pytest.raises(ValueError, match="not both"):
