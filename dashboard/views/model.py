@@ -67,8 +67,9 @@ elif source == "A model spec":
                "The spec names the architecture, the dataset's normalisation and the poisoned test set (the ASR set).")
     s1, s2, s3 = st.columns([2, 2, 1])
     spec_file = s1.text_input("Path of spec.json (or its folder)", key="spec_path")
-    spec_root = s2.text_input("Local folder of its dataset (CIFAR-10, MNIST, GTSRB), or npz:PATH / folder:PATH "
-                              "instead", key="spec_data")
+    spec_root = s2.text_input("Its dataset's local folder", key="spec_data",
+                              help="The folder holding CIFAR-10, MNIST or GTSRB as torchvision saves them; or another "
+                                   "dataset instead, as npz:PATH or folder:PATH.")
     spec_clean = s3.number_input("Clean-set size", min_value=10, value=500, step=50, key="spec_clean_count")
     if st.button("Check and use this spec", type="primary", key="use_spec"):
         try:
@@ -116,8 +117,8 @@ else:
         own_clean = st.number_input("Clean-set size", min_value=10, value=500, step=50, key="own_clean_count")
 
     st.markdown("**Trigger** (if you know it; ASR needs it, every trigger-free aid works without it)")
-    kind = st.radio("Trigger", ["unknown", "badnets", "blend", "poisoned"], horizontal=True, key="trigger_kind",
-                    label_visibility="collapsed",
+    kind = st.radio("Kind of trigger", ["unknown", "badnets", "blend", "poisoned"], horizontal=True,
+                    key="trigger_kind",
                     format_func=lambda k: {"poisoned": "poisoned test set (x_bd, y_bd)"}.get(k, k),
                     help="A poisoned test set: the attack's own triggered test images, for attacks with no "
                          "patch or blend (WaNet, input-aware, SSBA, ...). An .npz of x_bd (images in pixel space) "
@@ -204,7 +205,8 @@ images = list(summary["clean"])
 titles = [f"label {y} → {p}" for y, p in zip(summary["labels"], summary["pred"])]
 if summary["triggered"] is not None:
     images += list(summary["triggered"])
-    titles += [("poisoned" if summary["poisoned"] else "triggered") + f" → {p}" for p in summary["pred_triggered"]]
+    # short: six titles share a row 420 px wide at 1000 px ("poisoned → 7" ran into the next)
+    titles += [("x_bd" if summary["poisoned"] else "trig.") + f" → {p}" for p in summary["pred_triggered"]]
 st.plotly_chart(figures.image_grid(images, titles, ncols=len(summary["clean"]),
                                    title=("Test images (top) and poisoned test images (bottom), with predictions"
                                           if summary["poisoned"] else
