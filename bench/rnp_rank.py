@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-from defenses.base import NullCallback
 from defenses.data import load_dataset
 from defenses.evaluation import acc_budget_cut, evaluate, sweep
 from defenses.neurons import Pruner, find_neurons, selection_by_count
 from defenses.rnp import RNP, RNPConfig
 
-from .study import CACHE, RECIPES, recipe_key, trained
+from .demo import Snapshots
+from .study import CACHE, RECIPES, _set, recipe_key, trained
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "rnp_rank.md"
 EPOCHS = (1, 2, 4, 8, 20)
@@ -44,18 +44,6 @@ COUNTS = tuple(range(4, 65, 4))  # the test-split sweep by count
 FINE = tuple(range(0, 65, 2))  # the fine trigger-free budget grid
 GOAL_ASR, GOAL_DROP = 0.02, 0.02
 MARKER = "<!-- The findings below are written by hand and kept when the tables above are rewritten. -->"
-
-
-class Snapshots(NullCallback):
-    def __init__(self):
-        self.seen: dict[int, dict[str, torch.Tensor]] = {}
-
-    def snapshot(self, scores, step):
-        self.seen[int(step)] = {k: v.detach().clone() for k, v in scores.items()}
-
-
-def _set(selection) -> set:
-    return {(k, int(i)) for k, v in selection.items() for i in v.nonzero().flatten()}
 
 
 def analyse(model, nmap, scores, data, trigger, base, oracle: set) -> dict:
