@@ -174,8 +174,8 @@ def spec_choice(path: str, location: str = "", clean_count: int = 500, dataset: 
     else:
         raise DataError(f"The spec's dataset {name or '(none)'} is not one prunescope loads by name; give it as "
                         "npz:PATH or folder:PATH.")
-    if spec.image_size and name == spec.dataset:
-        data["image_size"] = int(spec.image_size)
+    if spec.image_size_for(name):
+        data["image_size"] = spec.image_size_for(name)
     source = spec.source.get("model_name") or spec.model["architecture"]
     return {"model": spec.model, "data": data, "trigger": spec.trigger(), "spec": spec.path,
             "label": f"{source} · {Path(spec.path).parent.name}/{Path(spec.path).name}"}

@@ -68,9 +68,9 @@ def _numpy_allowlist() -> list:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy 1
         from numpy.core.multiarray import _reconstruct, scalar
-    allowed = [np.ndarray, np.dtype, _reconstruct, scalar,
-               (_reconstruct, "numpy.core.multiarray._reconstruct"), (scalar, "numpy.core.multiarray.scalar"),
-               (_reconstruct, "numpy._core.multiarray._reconstruct"), (scalar, "numpy._core.multiarray.scalar")]
+    allowed = [np.ndarray, np.dtype]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(_reconstruct, f"{module}._reconstruct"), (scalar, f"{module}.scalar")]
     for code in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1"):
         allowed.append(type(np.dtype(code)))  # numpy >= 1.25 pickles a dtype by its class (Float64DType, ...)
     return allowed
@@ -141,12 +141,11 @@ def _image_file(entry_path: str, folder: Path) -> Path | None:
 def _as_array(image, channels: int) -> np.ndarray:
     from PIL import Image
 
+    mode = "RGB" if channels == 3 else "L"
     if isinstance(image, (str, Path)):
         with Image.open(image) as im:
-            return np.asarray(im.convert("RGB" if channels == 3 else "L"))
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB" if channels == 3 else "L"))
-    return np.asarray(image)
+            return np.asarray(im.convert(mode))
+    return np.asarray(image.convert(mode) if isinstance(image, Image.Image) else image)
 
 
 def poisoned_arrays(bd_test, folder: Path, channels: int) -> tuple[dict | None, str]:

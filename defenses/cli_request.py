@@ -85,8 +85,8 @@ def build_request(args) -> RunRequest:
     if normalize is not None:
         model["normalize"] = normalize
     data = {"dataset": args.dataset or (spec.dataset if spec else None) or "mnist5k", "seed": args.seed}
-    if spec is not None and spec.image_size and data["dataset"] == spec.dataset:  # as the Model page does
-        data["image_size"] = spec.image_size
+    if spec is not None and spec.image_size_for(data["dataset"]):
+        data["image_size"] = spec.image_size_for(data["dataset"])
     if args.root:
         data["root"] = os.path.abspath(args.root)
     if args.clean_fraction is not None:

@@ -38,6 +38,10 @@ class ModelSpec:
     source: dict = field(default_factory=dict)
     path: str = ""
 
+    def image_size_for(self, dataset: str) -> int | None:
+        """The image size to load ``dataset`` at: the spec's, when it is the spec's own dataset."""
+        return int(self.image_size) if self.image_size and dataset == self.dataset else None
+
     def trigger(self) -> dict | None:
         """The run's trigger from the spec: its poisoned test set, else unknown."""
         if not self.poisoned_test:

@@ -48,24 +48,17 @@ class PoisonedSet:
         idx = (torch.arange(n) + start) % len(self.split)
         return self.split.images(idx)
 
-    def head(self, n: int) -> "PoisonedSet":
-        """The first n poisoned images (a run's live probes measure on a slice, as on the test split)."""
-        idx = torch.arange(min(n, len(self)))
+    def _take(self, idx: torch.Tensor) -> "PoisonedSet":
         labels = None if self.true_labels is None else self.true_labels[idx]
         return PoisonedSet(self.split.subset(idx), labels, self.source)
 
+    def head(self, n: int) -> "PoisonedSet":
+        """The first n poisoned images (a run's live probes measure on a slice, as on the test split)."""
+        return self._take(torch.arange(min(n, len(self))))
+
     def halves(self) -> tuple["PoisonedSet", "PoisonedSet"]:
         """(even rows, odd rows): one half for the oracle to learn on, the other to measure it on."""
-        parts = []
-        for first in (0, 1):
-            idx = torch.arange(first, len(self), 2)
-            labels = None if self.true_labels is None else self.true_labels[idx]
-            parts.append(PoisonedSet(self.split.subset(idx), labels, self.source))
-        return parts[0], parts[1]
-
-    def describe(self) -> str:
-        target = f"target {self.target}" if self.target is not None else "labels per image"
-        return f"{len(self)} poisoned test images from {os.path.basename(self.source) or 'arrays'} ({target})"
+        return self._take(torch.arange(0, len(self), 2)), self._take(torch.arange(1, len(self), 2))
 
 
 def triggered_images(trigger, x: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -75,6 +68,11 @@ def triggered_images(trigger, x: torch.Tensor, start: int = 0) -> torch.Tensor:
     if isinstance(trigger, PoisonedSet):
         return trigger.images(start, len(x))
     return trigger.apply(x)
+
+
+def _require_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise DataError(f"No poisoned test set at {path}; give an .npz file with x_bd and y_bd.")
 
 
 def _as_nchw_uint8(x: np.ndarray, shape: tuple[int, int, int], label: str) -> torch.Tensor:
@@ -142,8 +140,7 @@ def load_poisoned(path, shape: tuple[int, int, int], num_classes: int) -> Poison
     """Read an npz of poisoned test images for a dataset of ``shape`` (C, H, W) and classes."""
     path = os.fspath(path)
     label = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise DataError(f"No poisoned test set at {path}; give an .npz file with x_bd and y_bd.")
+    _require_file(path)
     if not zipfile.is_zipfile(path):
         raise DataError(f"{label} is not an .npz archive; save the poisoned images with numpy.savez(path, x_bd=..., "
                         "y_bd=...).")
@@ -191,9 +188,8 @@ def file_digest(path) -> str:
 def poisoned_trigger(path) -> dict:
     """A run's trigger entry for a poisoned test set: its absolute path and its sha256, so a run
     that reads it again later (the Neuron page, the attributions) knows if the file changed."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isfile(path):
-        raise DataError(f"No poisoned test set at {path}; give an .npz file with x_bd and y_bd.")
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    _require_file(path)
     return {"kind": "poisoned", "path": path, "sha256": file_digest(path)}
 
 

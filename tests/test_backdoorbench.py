@@ -65,6 +65,14 @@ def stamp(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def asr_by_hand(record) -> float:
+    """ASR as BackdoorBench measures it: its Normalize, then its model, on the poisoned PNGs' pixels."""
+    x = torch.from_numpy(stamp(record["x_test"][record["victims"]])).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return float((record["model"](x).argmax(1) == 0).float().mean())
+
+
 @pytest.fixture(scope="module")
 def record(tmp_path_factory):
     """BackdoorBench's current layout: record/<attack>/attack_result.pt whose bd_test lists PNGs in
@@ -126,12 +134,7 @@ def test_import_writes_weights_spec_and_the_poisoned_set_and_a_run_measures_asr_
     assert len(trigger) == 40 and trigger.target == 0
     from defenses.evaluation import evaluate
 
-    # ASR by hand: BackdoorBench's Normalize, then its model, on the poisoned PNGs
-    x = torch.from_numpy(stamp(record["x_test"][record["victims"]])).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    with torch.no_grad():
-        by_hand = float((record["model"](x).argmax(1) == 0).float().mean())
-    assert evaluate(model, data.test, trigger)["asr"] == pytest.approx(by_hand, abs=1e-6)
+    assert evaluate(model, data.test, trigger)["asr"] == pytest.approx(asr_by_hand(record), abs=1e-6)
     assert main(["neurons", "--spec", str(out / "spec.json"), "--dataset",
                  f"npz:{record['root'] / 'cifar_like.npz'}"]) == 0
     listed = capsys.readouterr().out
@@ -218,10 +221,7 @@ def test_the_model_page_loads_an_imported_spec(record, tmp_path, runs):
 
     out = tmp_path / "imported"
     import_attack_result(record["pt"], out)
-    x = torch.from_numpy(stamp(record["x_test"][record["victims"]])).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    with torch.no_grad():
-        by_hand = float((record["model"](x).argmax(1) == 0).float().mean())
+    by_hand = asr_by_hand(record)
     at = app(300).run()
     at.radio(key="model_source").set_value("A model spec").run()
     at.text_input(key="spec_path").set_value(str(out))

@@ -147,6 +147,18 @@ class LayerNormMLP(nn.Module):
         return self.fc2(torch.relu(self.ln(self.fc1(x.flatten(1)))))
 
 
+def n1_output(model, x) -> torch.Tensor:
+    """What ``model.n1`` puts out when the model runs on ``x`` (hook removed after)."""
+    seen = {}
+    hook = model.n1.register_forward_hook(lambda m, i, o: seen.update(out=o))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        hook.remove()
+    return seen["out"]
+
+
 @pytest.mark.parametrize("norm,kind", [(lambda c: nn.GroupNorm(2, c), "groupnorm"),
                                        (lambda c: nn.InstanceNorm2d(c, affine=True), "instancenorm"),
                                        (lambda c: nn.LayerNorm([c, 6, 6]), "layernorm")])
@@ -159,14 +171,7 @@ def test_norm_channels_are_the_neurons_and_pruning_one_silences_it(norm, kind):
     label = {"groupnorm": "GroupNorm", "instancenorm": "InstanceNorm", "layernorm": "LayerNorm"}[kind]
     assert dict(nmap.left_out)["conv1"].startswith(f"covered by the {label} after it (n1)")
     pruned = prune(model, nmap, {"n1": torch.arange(8) == 3})
-    seen = {}
-    hook = pruned.n1.register_forward_hook(lambda m, i, o: seen.update(out=o))
-    try:
-        with torch.no_grad():
-            pruned(torch.rand(16, 1, 6, 6))
-    finally:
-        hook.remove()
-    channel = seen["out"][:, 3]
+    channel = n1_output(pruned, torch.rand(16, 1, 6, 6))[:, 3]
     # the norm's beta alone, the same for every image (its bias kept, as for BN)
     assert torch.allclose(channel, pruned.n1.bias[3].detach().expand_as(channel))
     assert float(channel.std(0).max()) < 1e-6
@@ -180,14 +185,7 @@ def test_zeroing_the_conv_before_a_groupnorm_is_undone_which_is_why_the_norm_is_
     with torch.no_grad():
         model.conv1.weight[3] = 0
         model.conv1.bias[3] = 0
-    seen = {}
-    hook = model.n1.register_forward_hook(lambda m, i, o: seen.update(out=o))
-    try:
-        with torch.no_grad():
-            model(torch.rand(16, 1, 6, 6))
-    finally:
-        hook.remove()
-    assert float(seen["out"][:, 3].abs().mean()) > 0.05  # the group's mean and std move it off zero
+    assert float(n1_output(model, torch.rand(16, 1, 6, 6))[:, 3].abs().mean()) > 0.05  # the group's mean and std move it off zero
 
 
 def test_layernorm_over_features_in_an_mlp():

@@ -162,8 +162,6 @@ else:
             if poisoned_upload is not None:
                 fields["path"] = accept_poisoned_upload(poisoned_upload.getvalue(), poisoned_upload.name, runs_dir(),
                                                         int(max_mb) * 1024 * 1024)
-            elif fields.get("path"):
-                fields["path"] = str(Path(fields["path"]).expanduser().resolve())
             model_spec = {"architecture": architecture_name(arch_choice, tv_name, local_class),
                           "checkpoint": str(upload.path), "arch_kwargs": parse_kwargs(kwargs_text),
                           "num_classes": int(num_classes) or None, "input_shape": None}
