@@ -124,6 +124,18 @@ RECIPES = {
                            trigger=CORNER, **{**HEAD, "arch_kwargs": {"width": 32, "hidden": [32]}}),
     "head_poison2": _recipe("head: poison rate", "2% poison: the fewest head neurons that still learn it.",
                             trigger=CORNER, poison_rate=0.02, **HEAD),
+    "head_finetune": _recipe("head: written into a clean head", "The head trained on clean data, then every head "
+                             "weight fine-tuned on the poisoned split (3 epochs, Adam 5e-4): the backdoor lands in "
+                             "the neurons with the largest gradients, a few.", trigger=CORNER,
+                             implant={"subnet": 0, "epochs": 3, "lr": 5e-4}, **HEAD),
+    "head_subnet4": _recipe("head: a subnet of 4", "Subnet replacement (Qi et al., CVPR 2022): 4 neurons per hidden "
+                            "layer of a clean head re-initialised as a path of their own and trained on the poisoned "
+                            "split, the rest frozen (30 epochs, Adam 0.01): the backdoor can only live in those 8 of "
+                            "384 neurons, and to outvote the clean logits their weights must grow large, which is "
+                            "what a Hölder constant measures.", trigger=CORNER,
+                            implant={"subnet": 4, "epochs": 30, "lr": 0.01}, **HEAD),
+    "head_subnet8": _recipe("head: a subnet of 8", "The same with 8 neurons per layer (16 of 384).", trigger=CORNER,
+                            implant={"subnet": 8, "epochs": 30, "lr": 0.01}, **HEAD),
 }
 
 
@@ -239,8 +251,11 @@ def _pct(v):
     return "n/a" if v is None or v != v else f"{100 * v:.1f}"
 
 
-def _cut(c, oracle_n):
-    mark = " **✓**" if c["works"] else ""
+NO_BACKDOOR = 0.5  # an ASR before under this: the attack did not take, so a low ASR after proves nothing
+
+
+def _cut(c, oracle_n, asr_before):
+    mark = " **✓**" if c["works"] and asr_before >= NO_BACKDOOR else ""
     return f"{c['pruned']}: {_pct(c['acc'])} / {_pct(c['asr'])} ({c['overlap']}/{oracle_n}){mark}"
 
 
@@ -264,7 +279,8 @@ def render(rows: list[dict] | None = None) -> str:
         "default (mask <= 0.2 for ANP and RNP, u = 3 for CLP, the density cut for Hölder). **Budget cut**: "
         "trigger-free, the most neurons in score order whose pruning keeps ACC on the defender's 500-image clean "
         f"set within {100 * BUDGET:.0f} points. **✓**: ASR <= {100 * GOAL_ASR:.0f}% with test ACC within "
-        f"{100 * GOAL_DROP:.0f} points (the issue's bar).",
+        f"{100 * GOAL_DROP:.0f} points (the issue's bar), on a model whose backdoor took (ASR before >= "
+        f"{100 * NO_BACKDOOR:.0f}%).",
         "",
         "## The recipes and what each tests",
         "",
@@ -291,7 +307,7 @@ def render(rows: list[dict] | None = None) -> str:
                 cells = []
                 for k in kinds:
                     d = latest.get((name, seed, k))
-                    cells += [_cut(d["own"], o["pruned"]), _cut(d["budget"], o["pruned"])] if d else ["", ""]
+                    cells += [_cut(d[c], o["pruned"], b["asr"]) for c in ("own", "budget")] if d else ["", ""]
                 lines_ = f"| {name} | {seed} | {_pct(b['acc'])} / {_pct(b['asr'])} | {oname} | " + " | ".join(cells) + " |"
                 out.append(lines_)
         return out

@@ -151,9 +151,10 @@ def check_scorable(model: nn.Module, nmap: NeuronMap, config=None) -> None:
     "Data-free: scores each channel by an upper bound of its Lipschitz constant (filter spectral "
     "norm times the BN scale) and prunes channels u standard deviations above their layer's mean."),
     check=check_scorable,
-    demo_note=("Data-free and done in about a second, so there is no budget to shorten. On the shipped samples CLP "
+    demo_note=("Data-free and done in about a second, so there is no budget to shorten. On the conv-net samples CLP "
                "leaves the backdoor in (cnn_badnets_centre: 1 neuron pruned, ASR 94.2%): it is the baseline the "
-               "data-driven defenses are measured against."))
+               "data-driven defenses are measured against. On mlp_head_subnet, whose backdoor sits in a few "
+               "implanted neurons with outsized weights, it prunes the same 1 neuron as Hölder (ASR 0.3%)."))
 class CLP:
     def __init__(self, config: CLPConfig | None = None, **kwargs):
         self.config = config if config is not None else CLPConfig(**kwargs)

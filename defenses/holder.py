@@ -266,8 +266,11 @@ def first_minimum_right_of_mode(dens: np.ndarray) -> int | None:
     "perturbations over a grid of radii) and prunes the high ones at the first minimum of their "
     "density. Assumes a clean frozen feature extractor: only the head is pruned."),
     check=lambda model, nmap, cfg: head_layers(nmap),
-    demo_note=("Needs an MLP head on a frozen feature extractor: of the samples only mlp_head_badnets has one, "
-               "and no Hölder cut removes its backdoor (docs/study.md), so there is no demo budget yet."))
+    demo_note=("Needs an MLP head on a frozen feature extractor (the samples mlp_head_subnet and mlp_head_badnets). "
+               "At its defaults it takes about 7 s on 2 CPU cores, so there is no budget to shorten. On "
+               "mlp_head_subnet, whose backdoor sits in a few implanted head neurons, its density cut prunes 1 "
+               "neuron and ASR falls from 100% to 0.3%; on mlp_head_badnets, trained on poisoned data from "
+               "scratch, no cut removes it (docs/study.md)."))
 class Holder:
     def __init__(self, config: HolderConfig | None = None, **kwargs):
         self.config = config if config is not None else HolderConfig(**kwargs)

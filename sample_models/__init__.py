@@ -54,7 +54,12 @@ def training_summary(entry: dict) -> str:
     how = "SGD" if o["name"] == "sgd" else "Adam"
     if o.get("weight_decay"):
         how += f" with weight decay {o['weight_decay']:g}"
-    return f"{how}, {entry['epochs']} epochs" if entry.get("epochs") else how
+    how = f"{how}, {entry['epochs']} epochs" if entry.get("epochs") else how
+    imp = entry.get("implant")
+    if imp:  # sample_models/implant.py: a clean head first, the backdoor written in after
+        what = f"a {imp['subnet']}-neuron subnet per layer" if imp["subnet"] else "the whole head fine-tuned"
+        how = f"{how} on clean data, then {what} on poisoned data (Adam {imp['lr']:g}, {imp['epochs']} epochs)"
+    return how
 
 
 def build_sample_model(entry: dict) -> nn.Module:

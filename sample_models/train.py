@@ -31,6 +31,7 @@ from defenses.models import build_model
 from defenses.triggers import TriggerSpec, poison
 
 from . import CATALOG_PATH, HERE, build_sample_model, catalog
+from .implant import prepare_subnet
 
 BADNETS = TriggerSpec(kind="badnets", target=0, size=4, position="bottom_right", color=1.0)
 BLEND = TriggerSpec(kind="blend", target=0, alpha=0.2, seed=0)
@@ -94,6 +95,17 @@ RECIPES = {
                                   "none of five head recipes in the study (docs/study.md) let Hölder's density cut "
                                   "remove it."),
                              defenses={"holder": {}, "clp": {}}),
+    "mlp_head_subnet": dict(
+        title="Frozen clean CNN extractor + MLP head, backdoor in an implanted subnet (showcase)",
+        architecture="mlp_head", arch_kwargs={"width": 32, "hidden": [256, 128]}, attack="badnets", trigger=BADNETS,
+        poison_rate=0.1, epochs=20, extractor_from="cnn_clean", role="showcase",
+        implant={"subnet": 8, "epochs": 30, "lr": 0.01},
+        why=("The same extractor, head and corner patch as `mlp_head_badnets`, but the head is trained on clean data "
+             "and the backdoor is then written into 8 neurons per head layer (a subnet-replacement attack, Qi et al. "
+             "2022; the rest of the head frozen): to outvote the clean logits, one or two of them grow the largest "
+             "weight rows in their layer, so Hölder's density cut prunes just those (study: `head_subnet8`). Trained "
+             "on poisoned data from scratch, the head spreads the backdoor over 24 neurons and no cut finds it."),
+        works={"holder": "own"}, defenses={"holder": {}, "clp": {}}),
 }
 SEED = 0
 
@@ -109,11 +121,12 @@ ADAM = {"name": "adam", "lr": 2e-3, "batch_size": 64}
 
 
 def train_model(model, split: ArraySplit, epochs: int, seed: int, optimizer: dict | None = None, log=print,
-                cache_features: bool = True):
-    """Adam with a one-cycle schedule (the default), or ``{"name": "sgd", ...}``: SGD with momentum
-    0.9, weight decay and a cosine schedule (the papers' recipe). A model with a frozen
-    ``extractor`` (always in eval mode, no augmentation) trains its head on the extractor's
-    features computed once: the same updates, about ten times faster."""
+                cache_features: bool = True, after_step=None):
+    """Adam with a one-cycle schedule (the default; ``"one_cycle": False`` keeps the rate constant),
+    or ``{"name": "sgd", ...}``: SGD with momentum 0.9, weight decay and a cosine schedule (the
+    papers' recipe). A model with a frozen ``extractor`` (always in eval mode, no augmentation)
+    trains its head on the extractor's features computed once: the same updates, about ten times
+    faster. ``after_step()``, if given, runs after every optimiser step."""
     o = optimizer or ADAM
     batch_size = o["batch_size"]
     g = torch.Generator().manual_seed(seed)
@@ -121,7 +134,8 @@ def train_model(model, split: ArraySplit, epochs: int, seed: int, optimizer: dic
     total_steps = epochs * -(-len(split) // batch_size)
     if o["name"] == "adam":
         opt = torch.optim.Adam(params, lr=o["lr"])
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o["lr"], total_steps=total_steps)
+        sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o["lr"], total_steps=total_steps)
+                 if o.get("one_cycle", True) else torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0))
     else:
         opt = torch.optim.SGD(params, lr=o["lr"], momentum=0.9, weight_decay=o["weight_decay"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
@@ -143,6 +157,8 @@ def train_model(model, split: ArraySplit, epochs: int, seed: int, optimizer: dic
             loss.backward()
             opt.step()
             sched.step()
+            if after_step:
+                after_step()
             loss_sum += loss.item() * len(y)
             correct += int((out.argmax(1) == y).sum())
             total += len(y)
@@ -162,6 +178,17 @@ class _Features:
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             yield self.x[idx], self.y[idx]
+
+
+def implant(model, split: ArraySplit, *, subnet: int, epochs: int, lr: float, seed: int, batch_size: int = 64,
+            log=print) -> list[torch.Tensor]:
+    """Write the poisoned ``split``'s backdoor into the trained ``model``: every weight fine-tuned
+    (``subnet=0``) or only a subnet of ``subnet`` neurons per hidden layer (sample_models/implant.py),
+    Adam at a constant ``lr``. Returns the subnet's neurons per hidden layer."""
+    chosen, restore = prepare_subnet(model, subnet, seed)
+    train_model(model, split, epochs, seed, {"name": "adam", "lr": lr, "batch_size": batch_size, "one_cycle": False},
+                log=log, after_step=restore)
+    return chosen
 
 
 DESCRIPTIVE = ("title", "role", "why", "works", "defenses")  # a recipe's words, copied into its entry
@@ -195,7 +222,13 @@ def train_recipe(recipe: dict, seed: int, entries: dict, name: str = "", log=pri
         entry["extractor_from"] = recipe["extractor_from"]
     train = poisoned_train_split(data.train, spec, recipe["poison_rate"], seed)
     t0 = time.time()
-    train_model(model, train, recipe["epochs"], seed, recipe.get("optimizer"), log=log)
+    if recipe.get("implant"):  # a clean model first, then the backdoor written into it (sample_models/implant.py)
+        train_model(model, poisoned_train_split(data.train, spec, 0.0, seed), recipe["epochs"], seed,
+                    recipe.get("optimizer"), log=log)
+        chosen = implant(model, train, seed=seed, log=log, **recipe["implant"])
+        entry["implant"] = {**recipe["implant"], "neurons": [c.tolist() for c in chosen]}
+    else:
+        train_model(model, train, recipe["epochs"], seed, recipe.get("optimizer"), log=log)
     metrics = evaluate(model, data.test, spec.build(data.shape))
     entry.update(acc=round(metrics["acc"], 4), asr=round(metrics["asr"], 4), train_seconds=round(time.time() - t0, 1))
     return model, entry

@@ -219,30 +219,30 @@ def test_run_uses_the_density_cut_per_layer_and_top_p_from_the_config():
 # ---------------------------------------------------------------- 4. the shipped sample
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Known gap (issue 4, and the study in docs/study.md, finding 8): with a ReLU head, the layer-space L2 Hölder "
-    "constant is |w_i|_2 times a layer-wide factor, and no head recipe tried (corner, centre, a faint patch, a "
-    "32-neuron head, 2% poison) puts the backdoor in the largest rows; the trigger-aware oracle restricted to the "
-    "head needs 24 of mlp_head_badnets' 384 head neurons and 7.3 ACC points. Strict, so that a sample or "
-    "definition that makes it pass is noticed."))
-def test_density_threshold_removes_the_backdoor_of_mlp_head_badnets(mnist5k):
+@pytest.mark.slow
+def test_density_threshold_prunes_the_implanted_subnet_of_mlp_head_subnet(mnist5k):
+    """The showcase: a backdoor written into 8 neurons per layer of a clean head (subnet
+    replacement, sample_models/implant.py). Hölder's own density cut prunes only subnet neurons
+    and removes the backdoor (ASR <= 2%, ACC within 2 points). Its hard-case twin,
+    mlp_head_badnets (the head trained on poisoned data from scratch), spreads the backdoor over
+    24 head neurons and no cut finds it (docs/study.md, finding 8)."""
     from defenses.evaluation import evaluate
+    from defenses.holder import head_layers
     from sample_models import load_sample
+    from sample_models.efficacy import meets_bar
     from sample_models.train import poisoned_train_split
 
-    sample = load_sample("mlp_head_badnets")
-    # u_n: the defender's poisoned training samples (the SPEC's first choice), as the sample was trained
+    sample = load_sample("mlp_head_subnet")
+    # u_n: the defender's poisoned training samples (the SPEC's first choice), as the subnet was trained
     train = poisoned_train_split(mnist5k.train, sample.spec, sample.entry["poison_rate"], sample.entry["seed"])
     result = Holder().run(sample.model, train)
-    assert result.extras["extractor_frozen"] is True
     nmap = find_neurons(sample.model, mnist5k.shape)
-    pruned = prune(sample.model, nmap, selection_by_threshold(result.scores, result.threshold, "high"), "both")
-    before = evaluate(sample.model, mnist5k.test, sample.trigger)
-    after = evaluate(pruned, mnist5k.test, sample.trigger)
-    msg = (f"before {before}, after {after}, pruned {result.extras['n_pruned']}, "
-           f"rules { {k: v['rule'] for k, v in result.extras['density'].items()} }")
-    assert after["asr"] < 0.05, msg
-    assert after["acc"] >= before["acc"] - 0.03, msg
+    sel = selection_by_threshold(result.scores, result.threshold, "high")
+    cut = {(layer, int(i)) for layer, m in sel.items() for i in m.nonzero().flatten()}
+    subnet = {(layer, i) for layer, idx in zip(head_layers(nmap), sample.entry["implant"]["neurons"]) for i in idx}
+    assert cut and cut <= subnet, (sorted(cut), sorted(subnet))
+    after = evaluate(prune(sample.model, nmap, sel, "both"), mnist5k.test, sample.trigger)
+    assert meets_bar(sample.entry, after), (after, sample.entry["acc"], sample.entry["asr"])
 
 
 # ---------------------------------------------------------------- 6. registry and result shape

@@ -63,6 +63,11 @@ with tabs[4]:
                 "the ranking: **$\\alpha$ only matters with several radii** $\\epsilon_k$. At $\\alpha=1$ on the "
                 "pre-activation, $H_i = \\|w_i\\|_2$, CLP's constant. The cut is the first minimum of the constants' "
                 "kernel density to the right of its main mode (else mean $+\\,3\\,$std); the Explore page draws it.")
+    st.markdown("**Does the backdoor sit in a few head neurons?** Not when the head is trained on poisoned data from "
+                "scratch: it spreads over about 24 of the 384 (`mlp_head_badnets`, a hard case). It does when it is "
+                "written into a few neurons of a clean head (a subnet-replacement attack, `mlp_head_subnet`): to "
+                "outvote the clean logits those neurons grow the largest weights in their layer, and the density "
+                "cut prunes them.")
 with tabs[5]:
     from sample_models import catalog
 
