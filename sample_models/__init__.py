@@ -57,7 +57,7 @@ def training_summary(entry: dict) -> str:
     how = f"{how}, {entry['epochs']} epochs" if entry.get("epochs") else how
     imp = entry.get("implant")
     if imp:  # sample_models/implant.py: a clean head first, the backdoor written in after
-        what = f"a {imp['subnet']}-neuron subnet per layer" if imp["subnet"] else "the whole head fine-tuned"
+        what = f"a subnet of {imp['subnet']} neurons per layer" if imp["subnet"] else "every weight fine-tuned"
         how = f"{how} on clean data, then {what} on poisoned data (Adam {imp['lr']:g}, {imp['epochs']} epochs)"
     return how
 

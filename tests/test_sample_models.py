@@ -53,3 +53,5 @@ def test_training_summary_names_each_recipe():
     assert training_summary(catalog()["cnn_badnets"]) == "Adam, 12 epochs"
     assert training_summary(catalog()["cnn_badnets_sgd"]) == "SGD with weight decay 0.0005, 100 epochs"
     assert training_summary({}) == "Adam"  # a catalog entry from before the field was recorded
+    assert training_summary(catalog()["mlp_head_subnet"]) == (
+        "Adam, 20 epochs on clean data, then a subnet of 8 neurons per layer on poisoned data (Adam 0.01, 30 epochs)")
