@@ -100,7 +100,7 @@ def efficacy_rows(entry: dict) -> list[dict]:
                 continue
             rows.append({
                 # the settings ride with the defense's name, so the ACC/ASR columns fit at 1000 px
-                "Defense": f"{get_defense(defense).title.split(':')[0]} ({settings})", "Cut": CUT_LABELS[cut],
+                "Defense": f"{get_defense(defense).title.split(':')[0].split(' (')[0]} ({settings})", "Cut": CUT_LABELS[cut],
                 "Pruned": c["pruned"], "ACC": f"{100 * c['acc']:.1f}%", "ASR": f"{100 * c['asr']:.1f}%",
                 "Removed": "yes" if meets_bar(entry, c) else "no",
                 "Seconds": eff.get("seconds"),

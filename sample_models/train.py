@@ -96,13 +96,13 @@ RECIPES = {
                                   "remove it."),
                              defenses={"holder": {}, "clp": {}}),
     "mlp_head_subnet": dict(
-        title="Frozen clean CNN extractor + MLP head, backdoor in an implanted subnet (showcase)",
+        title="MLP head + BadNets in an implanted subnet (showcase)",
         architecture="mlp_head", arch_kwargs={"width": 32, "hidden": [256, 128]}, attack="badnets", trigger=BADNETS,
         poison_rate=0.1, epochs=20, extractor_from="cnn_clean", role="showcase",
         implant={"subnet": 8, "epochs": 30, "lr": 0.01},
         why=("The same extractor, head and corner patch as `mlp_head_badnets`, but the head is trained on clean data "
              "and the backdoor is then written into 8 neurons per head layer (a subnet-replacement attack, Qi et al. "
-             "2022; the rest of the head frozen): to outvote the clean logits, one or two of them grow the largest "
+             "2022; the rest of the head frozen): to outvote the clean logits, one to three of them grow the largest "
              "weight rows in their layer, so Hölder's density cut prunes just those (study: `head_subnet8`). Trained "
              "on poisoned data from scratch, the head spreads the backdoor over 24 neurons and no cut finds it."),
         works={"holder": "own"}, defenses={"holder": {}, "clp": {}}),
