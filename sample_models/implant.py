@@ -53,11 +53,11 @@ def subnet_neurons(model: nn.Module, k: int, seed: int) -> list[torch.Tensor]:
 
 
 def _units(n: int, chosen: torch.Tensor | None) -> torch.Tensor:
-    m = torch.zeros(n, dtype=torch.bool)
+    """A boolean mask over n units: the chosen ones, or all of them when ``chosen`` is None."""
     if chosen is None:
-        m[:] = True
-    else:
-        m[chosen] = True
+        return torch.ones(n, dtype=torch.bool)
+    m = torch.zeros(n, dtype=torch.bool)
+    m[chosen] = True
     return m
 
 
@@ -67,8 +67,8 @@ def _block(layer: nn.Module, rows: torch.Tensor, cols: torch.Tensor) -> tuple[to
     flattened conv output has ``in_features`` a multiple of the channels: each channel's block."""
     w = layer.weight
     cols = cols.repeat_interleave(w.shape[1] // len(cols))
-    shape = (-1, -1) + (1,) * (w.dim() - 2)
-    r, c = rows.view(-1, 1, *shape[2:]), cols.view(1, -1, *shape[2:])
+    kernel = (1,) * (w.dim() - 2)  # a conv weight's spatial dimensions
+    r, c = rows.view(-1, 1, *kernel), cols.view(1, -1, *kernel)
     return (r & c).expand_as(w).clone(), (r ^ c).expand_as(w).clone()
 
 
@@ -102,8 +102,7 @@ def _subnet_masks(path, chosen):
     for j, (layer, bn) in enumerate(path):
         last = j == len(path) - 1
         rows = _units(_width(layer, "out"), None if last else chosen[j])
-        below = _width(path[j - 1][0], "out") if j else None
-        cols = _units(_width(layer, "in"), None) if j == 0 else _units(below, chosen[j - 1])
+        cols = _units(_width(layer, "in"), None) if j == 0 else _units(_width(path[j - 1][0], "out"), chosen[j - 1])
         masks[layer.weight], links = _block(layer, rows, cols)
         if j and not last:  # the classifier reads clean and subnet neurons alike
             zero[layer.weight] = links
