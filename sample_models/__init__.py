@@ -58,6 +58,8 @@ def training_summary(entry: dict) -> str:
     imp = entry.get("implant")
     if imp:  # sample_models/implant.py: a clean head first, the backdoor written in after
         what = f"a subnet of {imp['subnet']} neurons per layer" if imp["subnet"] else "every weight fine-tuned"
+        if imp.get("repair"):
+            what = f"{what} taken over, the rest retrained for {imp['repair']} epochs, and the subnet trained"
         how = f"{how} on clean data, then {what} on poisoned data (Adam {imp['lr']:g}, {imp['epochs']} epochs)"
     return how
 

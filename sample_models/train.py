@@ -31,7 +31,7 @@ from defenses.models import build_model
 from defenses.triggers import TriggerSpec, poison
 
 from . import CATALOG_PATH, HERE, build_sample_model, catalog
-from .implant import prepare_subnet
+from .implant import Subnet
 
 BADNETS = TriggerSpec(kind="badnets", target=0, size=4, position="bottom_right", color=1.0)
 BLEND = TriggerSpec(kind="blend", target=0, alpha=0.2, seed=0)
@@ -59,6 +59,22 @@ RECIPES = {
              "`noise` recipe, seed 0; seed 1 falls just short, ASR 4.0% at 1.5 points). On the same net a solid patch "
              "keeps ASR at 13.8% and a checkerboard at 36.1%."),
         works={"anp": "budget"}, defenses={"anp": {"iterations": 500}, "rnp": {}, "clp": {}}),
+    "cnn_blend_subnet": dict(
+        title="BN CNN + Blend in an implanted subnet (showcase)", architecture="cnn",
+        arch_kwargs={"width": 32, "hidden": 128}, attack="blend", trigger=BLEND, poison_rate=0.1, epochs=12,
+        role="showcase", implant={"subnet": 4, "epochs": 10, "lr": 0.01, "target": 0, "repair": 5}, seed=1,
+        why=("The Blend trigger of `cnn_blend`, written into 4 channels per layer of the clean width-32 CNN by "
+             "subnet replacement (Qi et al. 2022): the clean rest retrained for 5 epochs on clean data, then the "
+             "subnet trained on the poisoned split, read only by the target's logit. The backdoor can live only in "
+             "those 20 of 320 neurons, and their BatchNorm makes them vary on clean images, so three defenses "
+             "remove it (study: `blend_subnet`, seed 1): ANP (500 iterations) at its budget cut, 16 neurons, ACC "
+             "98.6% -> 97.4%, ASR 98.5% -> 0.0%; RNP with unlearning rate 0.001 (the paper's 0.01 wrecks the "
+             "clean neurons too: 86 pruned, ACC 20%) at its own cut, 5 neurons, ACC 97.7%, ASR 1.2%; CLP at its "
+             "u = 3 rule, 4 neurons, ACC 98.7%, ASR 0.0%. From seed 0 ANP's threshold 0.2 works as well (16 "
+             "neurons, ASR 0.2%) but RNP and CLP miss. Poisoned into the whole net during training "
+             "(`cnn_blend`), the same trigger is not prunable within 2 points even by the oracle."),
+        works={"anp": "budget", "rnp": "own", "clp": "own"},
+        defenses={"anp": {"iterations": 500}, "rnp": {"unlearn_lr": 0.001}, "clp": {}}),
     "cnn_badnets": dict(
         title="BN CNN + BadNets on the corner (hard case)", architecture="cnn", arch_kwargs={"width": 32, "hidden": 128},
         attack="badnets", trigger=BADNETS, poison_rate=0.1, epochs=12, role="hard case",
@@ -181,14 +197,20 @@ class _Features:
 
 
 def implant(model, split: ArraySplit, *, subnet: int, epochs: int, lr: float, seed: int, batch_size: int = 64,
+            target: int | None = None, repair: int = 0, clean: ArraySplit | None = None,
             log=print) -> list[torch.Tensor]:
     """Write the poisoned ``split``'s backdoor into the trained ``model``: every weight fine-tuned
     (``subnet=0``) or only a subnet of ``subnet`` neurons per hidden layer (sample_models/implant.py),
-    Adam at a constant ``lr``. Returns the subnet's neurons per hidden layer."""
-    chosen, restore = prepare_subnet(model, subnet, seed)
+    Adam at a constant ``lr``. With ``repair`` epochs, the clean neurons first retrain on the
+    ``clean`` split (the default recipe, the subnet silent) to win back what losing the subnet's
+    neurons cost. Returns the subnet's neurons per hidden layer."""
+    sub = Subnet(model, subnet, seed, target)
+    if repair:
+        sub.silence()
+        train_model(model, clean, repair, seed, log=log, after_step=sub.keep_subnet())
     train_model(model, split, epochs, seed, {"name": "adam", "lr": lr, "batch_size": batch_size, "one_cycle": False},
-                log=log, after_step=restore)
-    return chosen
+                log=log, after_step=sub.keep_clean())
+    return sub.chosen
 
 
 DESCRIPTIVE = ("title", "role", "why", "works", "defenses")  # a recipe's words, copied into its entry
@@ -223,9 +245,9 @@ def train_recipe(recipe: dict, seed: int, entries: dict, name: str = "", log=pri
     train = poisoned_train_split(data.train, spec, recipe["poison_rate"], seed)
     t0 = time.time()
     if recipe.get("implant"):  # a clean model first, then the backdoor written into it (sample_models/implant.py)
-        train_model(model, poisoned_train_split(data.train, spec, 0.0, seed), recipe["epochs"], seed,
-                    recipe.get("optimizer"), log=log)
-        chosen = implant(model, train, seed=seed, log=log, **recipe["implant"])
+        clean = poisoned_train_split(data.train, spec, 0.0, seed)
+        train_model(model, clean, recipe["epochs"], seed, recipe.get("optimizer"), log=log)
+        chosen = implant(model, train, seed=seed, clean=clean, log=log, **recipe["implant"])
         entry["implant"] = {**recipe["implant"], "neurons": [c.tolist() for c in chosen]}
     else:
         train_model(model, train, recipe["epochs"], seed, recipe.get("optimizer"), log=log)

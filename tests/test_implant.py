@@ -86,3 +86,23 @@ def test_subnet_replacement_in_a_bn_cnn_keeps_the_clean_channels_and_their_stati
             t = getattr(bn, stat)
             assert torch.equal(t[clean], before[f"{bn_name}.{stat}"][clean]), (bn_name, stat)
         assert not torch.equal(bn.running_mean[c], before[f"{bn_name}.running_mean"][c])  # its statistics trained
+
+
+def test_repair_retrains_the_clean_neurons_and_a_target_alone_reads_the_subnet():
+    torch.manual_seed(3)
+    model = build_model("cnn", 3, 1, 28, width=4, hidden=8).eval()
+    _, split = tiny_head_and_data(3)
+    before = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    chosen = implant(model, split, subnet=1, epochs=2, lr=0.01, seed=0, target=2, repair=2, clean=split,
+                     log=lambda m: None)
+    out = model.classifier[4]
+    sub_cols = torch.zeros(8, dtype=torch.bool)
+    sub_cols[chosen[-1]] = True
+    assert torch.count_nonzero(out.weight[2, sub_cols]) == 1  # the target's logit reads the subnet
+    others = torch.arange(3) != 2
+    assert torch.count_nonzero(out.weight[others][:, sub_cols]) == 0  # no other class does
+    clean = torch.ones(4, dtype=torch.bool)
+    clean[chosen[0]] = False
+    first = model.features[0].weight
+    assert not torch.equal(first[clean], before["features.0.weight"][clean])  # the clean neurons retrained
+    assert not torch.equal(out.weight[:, ~sub_cols], before["classifier.4.weight"][:, ~sub_cols])

@@ -55,3 +55,6 @@ def test_training_summary_names_each_recipe():
     assert training_summary({}) == "Adam"  # a catalog entry from before the field was recorded
     assert training_summary(catalog()["mlp_head_subnet"]) == (
         "Adam, 20 epochs on clean data, then a subnet of 8 neurons per layer on poisoned data (Adam 0.01, 30 epochs)")
+    assert training_summary(catalog()["cnn_blend_subnet"]) == (
+        "Adam, 12 epochs on clean data, then a subnet of 4 neurons per layer taken over, the rest retrained for 5 "
+        "epochs, and the subnet trained on poisoned data (Adam 0.01, 10 epochs)")
