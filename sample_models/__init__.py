@@ -64,6 +64,14 @@ def training_summary(entry: dict) -> str:
     return how
 
 
+def measured_settings(entry: dict, defense: str) -> dict | None:
+    """The settings a showcase's claim for ``defense`` was measured with (e.g. RNP's unlearning
+    rate 0.001 on ``cnn_blend_subnet``), when the catalog says the defense works on the sample
+    and names any; else None."""
+    settings = (entry.get("defenses") or {}).get(defense)
+    return dict(settings) if settings and defense in (entry.get("works") or {}) else None
+
+
 def build_sample_model(entry: dict) -> nn.Module:
     c, h, _ = entry["input_shape"]
     return build_model(entry["architecture"], entry["num_classes"], c, h, **entry.get("arch_kwargs", {}))

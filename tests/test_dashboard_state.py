@@ -196,3 +196,19 @@ def test_no_change_is_not_coloured():
     assert rundata.points_delta(0.5, 0.5) == "±0.0 pts" and not rundata.is_change("±0.0 pts")
     assert rundata.points_delta(0.51, 0.5) == "+1.0 pts" and rundata.is_change("+1.0 pts")
     assert rundata.points_delta(float("nan"), 0.5) is None
+
+
+def test_a_showcase_measured_off_the_papers_values_puts_both_one_click_away(runs):
+    at = app()
+    at.query_params["sample"] = "cnn_blend_subnet"
+    at.run()
+    at.switch_page("views/defend.py").run()
+    at.selectbox(key="defense").set_value("rnp").run()
+    at.button(key="measured").click().run()
+    no_exception(at, "defend measured")
+    assert at.session_state["cfg_rnp_unlearn_lr"] == 0.001  # the unlearning rate the showcase claim used
+    assert any("measured with unlearning learning rate 0.001" in c.value for c in at.caption)
+    at.button(key="paper").click().run()
+    assert at.session_state["cfg_rnp_unlearn_lr"] == 0.01  # the paper's
+    at.selectbox(key="defense").set_value("clp").run()  # CLP's claim uses its defaults: nothing to offer
+    assert not [b for b in at.button if b.key == "measured"]

@@ -1,4 +1,6 @@
 """Defend page: choose a defense and its hyperparameters, start it in a worker process, watch it."""
+import dataclasses
+
 import streamlit as st
 import torch
 
@@ -10,6 +12,7 @@ from dashboard.rundata import describe_run, run_path, runs_dir
 from defenses.base import all_defenses, config_from_dict
 from defenses.runs import RECOVER_ON, RunRequest, cancel_run, list_runs, start_run
 from defenses.trigger_recovery import TriggerRecoveryConfig
+from sample_models import catalog, measured_settings
 
 st.title("Defend")
 choice = current_choice()
@@ -26,6 +29,11 @@ info = defenses[name]
 st.caption(info.summary + ("" if info.needs_data else " It needs no data."))
 
 
+def _describe(settings: dict) -> str:
+    return ", ".join(f"{field_label(k).lower()} {v:g}" if isinstance(v, float) else f"{field_label(k).lower()} {v}"
+                     for k, v in settings.items())
+
+
 def _use_preset(defense: str, preset: dict) -> None:
     for field, value in preset.items():
         st.session_state[widget_key(defense, field)] = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) \
@@ -35,10 +43,19 @@ def _use_preset(defense: str, preset: dict) -> None:
 params = None
 with st.expander("Hyperparameters (defaults are the paper's)", expanded=True):
     if info.demo:
-        st.button(f"Use the demo budget ({', '.join(f'{field_label(k).lower()} {v}' for k, v in info.demo.items())})",
+        st.button(f"Use the demo budget ({_describe(info.demo)})",
                   key="demo", on_click=_use_preset, args=(name, info.demo), icon=":material/bolt:")
     if info.demo_note:
         st.caption(info.demo_note)
+    measured = measured_settings(catalog().get(choice.get("model", {}).get("sample"), {}), name)
+    if measured:  # a showcase claim measured off the paper's values: both one click away
+        paper = {f.name: f.default for f in dataclasses.fields(info.config_cls) if f.name in measured}
+        m1, m2 = st.columns(2)
+        m1.button(f"Use this sample's measured settings ({_describe(measured)})", key="measured",
+                  on_click=_use_preset, args=(name, measured), icon=":material/verified:")
+        m2.button(f"Back to the paper's ({_describe(paper)})", key="paper", on_click=_use_preset,
+                  args=(name, paper), icon=":material/menu_book:")
+        st.caption(f"The Model page's efficacy table for this sample was measured with {_describe(measured)}.")
     try:
         params = render(name, info.config_cls)
         config_from_dict(info.config_cls, params)  # one sentence now rather than a failed run later
