@@ -50,10 +50,10 @@ with st.expander("Hyperparameters (defaults are the paper's)", expanded=True):
     measured = measured_settings(catalog().get(choice.get("model", {}).get("sample"), {}), name)
     if measured:  # a showcase claim measured off the paper's values: both one click away
         paper = {f.name: f.default for f in dataclasses.fields(info.config_cls) if f.name in measured}
-        m1, m2 = st.columns(2)
-        m1.button(f"Use this sample's measured settings ({_describe(measured)})", key="measured",
+        # one under the other, full width: side by side their labels are cut at 1000 px
+        st.button(f"Use this sample's measured settings ({_describe(measured)})", key="measured",
                   on_click=_use_preset, args=(name, measured), icon=":material/verified:")
-        m2.button(f"Back to the paper's ({_describe(paper)})", key="paper", on_click=_use_preset,
+        st.button(f"Back to the paper's ({_describe(paper)})", key="paper", on_click=_use_preset,
                   args=(name, paper), icon=":material/menu_book:")
         st.caption(f"The Model page's efficacy table for this sample was measured with {_describe(measured)}.")
     try:
