@@ -59,6 +59,8 @@ GOAL_ASR, GOAL_DROP = 0.02, 0.02  # the issue's bar: ASR <= 2% with ACC within 2
 CENTRE = TriggerSpec(kind="badnets", target=0, size=4, position="center", color=1.0)
 CORNER = TriggerSpec(kind="badnets", target=0, size=4, position="bottom_right", color=1.0)
 CNN16 = {"width": 16, "hidden": 64}
+CNN32 = {"width": 32, "hidden": 128}
+BLEND = TriggerSpec(kind="blend", target=0, alpha=0.2)
 
 
 def _recipe(factor, hypothesis, **kw):
@@ -87,18 +89,18 @@ RECIPES = {
                      trigger=TriggerSpec(kind="badnets", target=0, size=4, position="center", color="noise")),
     "blend": _recipe("pattern", "Blend (a random pattern over the whole image, alpha 0.2): a global trigger is "
                      "read by many first-layer filters, so no few neurons carry it (the oracle needed 29 ACC "
-                     "points on cnn_blend).", attack="blend", trigger=TriggerSpec(kind="blend", target=0, alpha=0.2)),
+                     "points on cnn_blend).", attack="blend", trigger=BLEND),
     "poison5": _recipe("poison rate", "5% poison (ANP's paper) instead of 10%: a weaker backdoor may live in "
                        "fewer neurons.", poison_rate=0.05),
     "width32": _recipe("width", "Width 32 (the shipped CNN): more neurons to spread the backdoor over.",
-                       arch_kwargs={"width": 32, "hidden": 128}),
+                       arch_kwargs=CNN32),
     "corner32": _recipe("position at width 32", "The corner patch on the width-32 CNN (the shipped cnn_badnets "
                         "recipe): if position is what hides the backdoor from ANP, width 32 does not rescue it.",
-                        trigger=CORNER, arch_kwargs={"width": 32, "hidden": 128}),
+                        trigger=CORNER, arch_kwargs=CNN32),
     "blend32": _recipe("Blend at width 32", "Blend on the width-32 CNN: if width is what lets ANP separate the "
                        "backdoor neurons from the clean ones, it may do so for a global trigger too.",
-                       attack="blend", trigger=TriggerSpec(kind="blend", target=0, alpha=0.2),
-                       arch_kwargs={"width": 32, "hidden": 128}),
+                       attack="blend", trigger=BLEND,
+                       arch_kwargs=CNN32),
     "blend_subnet": _recipe(
         "Blend written into a subnet", "Subnet replacement (Qi et al., CVPR 2022) in the clean width-32 CNN: 4 "
         "channels per layer taken over (20 of 320 neurons), the clean rest retrained 5 epochs on clean data (taking "
@@ -106,7 +108,7 @@ RECIPES = {
         "and read only by the target's logit. The backdoor can live only in those 20 neurons, so the oracle prunes "
         "it at no ACC cost; and the subnet's BN normalises its channels over batches of mostly clean images, so they "
         "vary on clean data, where ANP's noise can reach them.", attack="blend",
-        trigger=TriggerSpec(kind="blend", target=0, alpha=0.2), arch_kwargs={"width": 32, "hidden": 128},
+        trigger=BLEND, arch_kwargs=CNN32,
         implant={"subnet": 4, "epochs": 10, "lr": 0.01, "target": 0, "repair": 5}),
     "sgd": _recipe("training recipe", "SGD, momentum 0.9, weight decay 5e-4, cosine, 40 epochs (the papers' kind "
                    "of recipe): weight decay shrinks the weights clean data does not need, leaving the backdoor in "

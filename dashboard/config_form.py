@@ -175,9 +175,20 @@ def field_label(name: str) -> str:
     return FIELD_LABELS.get(name) or name.replace("_", " ").capitalize()
 
 
+def describe_settings(settings: dict) -> str:
+    """"unlearning learning rate 0.001, iterations 500": settings as a person reads them."""
+    return ", ".join(f"{field_label(k).lower()} {v:g}" if isinstance(v, float) else f"{field_label(k).lower()} {v}"
+                     for k, v in settings.items())
+
+
+def paper_defaults(config_cls) -> dict:
+    """Every field's default: the paper's value."""
+    return {f.name: f.default for f in dataclasses.fields(config_cls)}
+
+
 def below_paper(config_cls, params: dict) -> list[str]:
     """"iterations 100 (paper 2000)" for each budget field set below the config's default."""
-    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    defaults = paper_defaults(config_cls)
     out = []
     for name in BUDGET_FIELDS:
         v, d = params.get(name), defaults.get(name)

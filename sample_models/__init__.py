@@ -56,7 +56,7 @@ def training_summary(entry: dict) -> str:
         how += f" with weight decay {o['weight_decay']:g}"
     how = f"{how}, {entry['epochs']} epochs" if entry.get("epochs") else how
     imp = entry.get("implant")
-    if imp:  # sample_models/implant.py: a clean head first, the backdoor written in after
+    if imp:  # sample_models/implant.py: a clean model first, the backdoor written in after
         what = f"a subnet of {imp['subnet']} neurons per layer" if imp["subnet"] else "every weight fine-tuned"
         if imp.get("repair"):
             what = f"{what} taken over, the rest retrained for {imp['repair']} epochs, and the subnet trained"

@@ -18,10 +18,11 @@ premise:
   with the rest frozen, which needs no scale to choose.
 
 In a narrow net the neurons a subnet takes over were doing clean work: taking 4 channels per
-layer of the width-32 CNN costs it 14-26 ACC points (three draws). So ``train.implant`` can first
-retrain the clean neurons on clean data with the subnet silent (``repair`` epochs), as an attacker
-with clean data would, and only then train the subnet. ``train.implant`` trains either. Models: an ``mlp_head`` (the subnet lives in the head) and the
-BN ``cnn`` (four conv layers, the BatchNorm1d hidden layer, the output).
+layer of the width-32 CNN costs it 14-26 ACC points (three draws). So ``train.implant``, which
+trains either kind, can first retrain the clean neurons on clean data with the subnet silent
+(``repair`` epochs), as an attacker with clean data would, and only then train the subnet.
+Models: an ``mlp_head`` (the subnet lives in the head) and the BN ``cnn`` (four conv layers, the
+BatchNorm1d hidden layer, the output).
 """
 from __future__ import annotations
 

@@ -1,12 +1,10 @@
 """Defend page: choose a defense and its hyperparameters, start it in a worker process, watch it."""
-import dataclasses
-
 import streamlit as st
 import torch
 
 from dashboard import cache, figures
 from dashboard.common import RECOVERED_ON, USER_ERRORS, current_choice, fmt_rate, page_link, show_error
-from dashboard.config_form import below_paper, field_label, render, widget_key
+from dashboard.config_form import below_paper, describe_settings, paper_defaults, render, widget_key
 from dashboard.liveview import finished_cut, live_score_label, live_view, status_line
 from dashboard.rundata import describe_run, run_path, runs_dir
 from defenses.base import all_defenses, config_from_dict
@@ -29,11 +27,6 @@ info = defenses[name]
 st.caption(info.summary + ("" if info.needs_data else " It needs no data."))
 
 
-def _describe(settings: dict) -> str:
-    return ", ".join(f"{field_label(k).lower()} {v:g}" if isinstance(v, float) else f"{field_label(k).lower()} {v}"
-                     for k, v in settings.items())
-
-
 def _use_preset(defense: str, preset: dict) -> None:
     for field, value in preset.items():
         st.session_state[widget_key(defense, field)] = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) \
@@ -43,19 +36,19 @@ def _use_preset(defense: str, preset: dict) -> None:
 params = None
 with st.expander("Hyperparameters (defaults are the paper's)", expanded=True):
     if info.demo:
-        st.button(f"Use the demo budget ({_describe(info.demo)})",
+        st.button(f"Use the demo budget ({describe_settings(info.demo)})",
                   key="demo", on_click=_use_preset, args=(name, info.demo), icon=":material/bolt:")
     if info.demo_note:
         st.caption(info.demo_note)
     measured = measured_settings(catalog().get(choice.get("model", {}).get("sample"), {}), name)
     if measured:  # a showcase claim measured off the paper's values: both one click away
-        paper = {f.name: f.default for f in dataclasses.fields(info.config_cls) if f.name in measured}
+        paper = {k: v for k, v in paper_defaults(info.config_cls).items() if k in measured}
         # one under the other, full width: side by side their labels are cut at 1000 px
-        st.button(f"Use this sample's measured settings ({_describe(measured)})", key="measured",
+        st.button(f"Use this sample's measured settings ({describe_settings(measured)})", key="measured",
                   on_click=_use_preset, args=(name, measured), icon=":material/verified:")
-        st.button(f"Back to the paper's ({_describe(paper)})", key="paper", on_click=_use_preset,
+        st.button(f"Back to the paper's ({describe_settings(paper)})", key="paper", on_click=_use_preset,
                   args=(name, paper), icon=":material/menu_book:")
-        st.caption(f"The Model page's efficacy table for this sample was measured with {_describe(measured)}.")
+        st.caption(f"The Model page's efficacy table for this sample was measured with {describe_settings(measured)}.")
     try:
         params = render(name, info.config_cls)
         config_from_dict(info.config_cls, params)  # one sentence now rather than a failed run later
