@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from defenses.checkpoints import load_into
+from defenses.labels import describe_settings
 from defenses.models import build_model
 from defenses.triggers import Trigger, TriggerSpec
 
@@ -72,6 +73,25 @@ def measured_settings(entry: dict, defense: str) -> dict | None:
     return dict(settings) if settings and defense in (entry.get("works") or {}) else None
 
 
+def recovery_claim(entry: dict) -> dict | None:
+    """A sample's measured trigger-recovery claim (Neural Cleanse on RNP's unlearned model: its
+    settings, the labels flagged, the target's anomaly index and how often its recovered trigger
+    flips the original model), when the catalog records one; else None."""
+    rec = entry.get("recovery")
+    return dict(rec) if rec and "flagged" in rec else None
+
+
+def recovery_sentence(entry: dict, claim: dict) -> str:
+    """A sample's trigger-recovery claim as a sentence, with its RNP settings as a person reads them."""
+    rnp = claim["settings"].get("rnp") or {}
+    how = f" ({describe_settings(rnp)})" if rnp else ""
+    target = entry["target"]
+    found = ("flags" if target in claim["flagged"] else "does not flag") + f" label {target}, the attacker's target"
+    return (f"Neural Cleanse on RNP's unlearned model{how} {found} (anomaly index {claim['anomaly']:.2f}), and the "
+            f"trigger it recovers for it flips {100 * claim['asr_original']:.1f}% of the original model's clean "
+            f"images to {target}.")
+
+
 def build_sample_model(entry: dict) -> nn.Module:
     c, h, _ = entry["input_shape"]
     return build_model(entry["architecture"], entry["num_classes"], c, h, **entry.get("arch_kwargs", {}))
@@ -103,14 +123,14 @@ def efficacy_rows(entry: dict) -> list[dict]:
 
     rows = []
     for defense, eff in (entry.get("efficacy") or {}).items():
-        settings = ", ".join(f"{k}={v}" for k, v in eff.get("settings", {}).items()) or "paper defaults"
+        settings = describe_settings(eff.get("settings", {})) or "the paper's"
         for cut in ("own", "budget"):
             c = eff.get(cut)
             if not c:
                 continue
             rows.append({
-                # the settings ride with the defense's name, so the ACC/ASR columns fit at 1000 px
-                "Defense": f"{get_defense(defense).title.split(':')[0].split(' (')[0]} ({settings})", "Cut": CUT_LABELS[cut],
+                "Defense": get_defense(defense).title.split(':')[0].split(' (')[0], "Settings": settings,
+                "Cut": CUT_LABELS[cut],
                 "Pruned": c["pruned"], "ACC": f"{100 * c['acc']:.1f}%", "ASR": f"{100 * c['asr']:.1f}%",
                 "Removed": "yes" if meets_bar(entry, c) else "no",
                 "Seconds": eff.get("seconds"),

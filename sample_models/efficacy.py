@@ -7,11 +7,14 @@ Each entry's ``defenses`` names the defenses measured on it and the settings use
 defaults except what is named, e.g. ANP's iteration count). For each, ``efficacy`` records
 the neurons pruned and test ACC/ASR at the defense's own cut and at the trigger-free budget
 cut (the most neurons whose pruning keeps ACC on the defender's clean set within 2 points),
-and the seconds it took on this machine. The test suite re-measures the showcase claims
+and the seconds it took on this machine. An entry's ``recovery`` names the RNP and Neural Cleanse
+settings of a trigger-recovery claim (Neural Cleanse on RNP's unlearned model); its measured
+numbers are written beside them. The test suite re-measures the showcase claims
 (tests/test_showcase.py) from the committed weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -53,6 +56,36 @@ def measure(name: str, defense: str, settings: dict | None = None, data=None) ->
     return out
 
 
+def measure_recovery(name: str, settings: dict, data=None) -> dict:
+    """Neural Cleanse on RNP's unlearned model, as a run with trigger recovery does it: which labels
+    it flags, and how often the target's recovered trigger flips the original model (clean set)."""
+    from defenses.rnp import RNP, RNPConfig
+    from defenses.trigger_recovery import TriggerRecovery, TriggerRecoveryConfig
+
+    data = data or load_dataset("mnist5k")
+    sample = load_sample(name)
+    t0 = time.perf_counter()
+    cfg = config_from_dict(RNPConfig, settings.get("rnp") or {})
+    # Unlearning comes first and draws its batches first, so the unlearned model does not depend on
+    # the recovery's length: one recovery epoch instead of the paper's 20 saves time, nothing else.
+    result = RNP(dataclasses.replace(cfg, recover_epochs=1)).run(sample.model, data.clean)
+    unlearned = result.extras["unlearned_model"]
+    t1 = time.perf_counter()
+    rec = TriggerRecovery(config_from_dict(TriggerRecoveryConfig, settings.get("nc") or {})).run(
+        unlearned, data.clean, original_model=sample.model)
+    i = rec.labels.index(sample.spec.target)
+    return {"settings": settings, "flagged": rec.flagged, "anomaly": round(rec.anomaly[i], 2),
+            "l1": round(rec.l1[i], 1), "asr_unlearned": round(rec.asr_on_model[i], 4),
+            "asr_original": round(rec.asr_on_original[i], 4),
+            "seconds": {"unlearn": round(t1 - t0, 1), "recovery": round(time.perf_counter() - t1, 1)}}
+
+
+def recovery_meets_bar(entry: dict, rec: dict, asr: float = 0.5) -> bool:
+    """The trigger-recovery bar: the true target flagged, and its recovered trigger flipping at least
+    half of the original model's clean images of other labels to it."""
+    return entry["target"] in rec["flagged"] and rec["asr_original"] >= asr
+
+
 def meets_bar(entry: dict, cut: dict, asr: float = 0.02, drop: float = 0.02) -> bool:
     """The showcase bar: ASR <= 2% with test ACC within 2 points of the unpruned model's."""
     return cut["asr"] <= asr and cut["acc"] >= entry["acc"] - drop - 1e-9
@@ -69,6 +102,9 @@ def main(argv=None):
             eff[defense] = measure(name, defense, settings, data)
             print(f"{name} {defense}: {eff[defense]}", flush=True)
         entry["efficacy"] = eff
+        if entry.get("recovery"):
+            entry["recovery"] = measure_recovery(name, entry["recovery"]["settings"], data)
+            print(f"{name} trigger recovery: {entry['recovery']}", flush=True)
         entries[name] = entry
         tmp = CATALOG_PATH.with_suffix(".tmp")
         tmp.write_text(json.dumps(entries, indent=2) + "\n")

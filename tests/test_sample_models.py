@@ -58,3 +58,13 @@ def test_training_summary_names_each_recipe():
     assert training_summary(catalog()["cnn_blend_subnet"]) == (
         "Adam, 12 epochs on clean data, then a subnet of 4 neurons per layer taken over, the rest retrained for 5 "
         "epochs, and the subnet trained on poisoned data (Adam 0.01, 10 epochs)")
+
+
+def test_the_efficacy_table_names_each_defense_and_its_settings_as_a_person_reads_them():
+    from sample_models import efficacy_rows
+
+    rows = efficacy_rows(catalog()["cnn_blend_subnet"])
+    rnp = [r for r in rows if r["Defense"] == "RNP"]
+    assert {r["Settings"] for r in rnp} == {"unlearning learning rate 0.001"}  # not the config key unlearn_lr=0.001
+    assert [r["Removed"] for r in rnp if r["Cut"] == "own"] == ["yes"]
+    assert {r["Settings"] for r in rows if r["Defense"] == "CLP"} == {"the paper's"}

@@ -4,13 +4,14 @@ import torch
 
 from dashboard import cache, figures
 from dashboard.common import RECOVERED_ON, USER_ERRORS, current_choice, fmt_rate, page_link, show_error
-from dashboard.config_form import below_paper, describe_settings, paper_defaults, render, widget_key
+from dashboard.config_form import below_paper, paper_defaults, render, widget_key
 from dashboard.liveview import finished_cut, live_score_label, live_view, status_line
 from dashboard.rundata import describe_run, run_path, runs_dir
 from defenses.base import all_defenses, config_from_dict
+from defenses.labels import describe_settings
 from defenses.runs import RECOVER_ON, RunRequest, cancel_run, list_runs, start_run
 from defenses.trigger_recovery import TriggerRecoveryConfig
-from sample_models import catalog, measured_settings
+from sample_models import catalog, measured_settings, recovery_claim, recovery_sentence
 
 st.title("Defend")
 choice = current_choice()
@@ -40,15 +41,20 @@ with st.expander("Hyperparameters (defaults are the paper's)", expanded=True):
                   key="demo", on_click=_use_preset, args=(name, info.demo), icon=":material/bolt:")
     if info.demo_note:
         st.caption(info.demo_note)
-    measured = measured_settings(catalog().get(choice.get("model", {}).get("sample"), {}), name)
-    if measured:  # a showcase claim measured off the paper's values: both one click away
+    entry = catalog().get(choice.get("model", {}).get("sample"), {})
+    measured = measured_settings(entry, name)
+    claim = recovery_claim(entry) if name == "rnp" and not measured else None
+    if claim:  # the sample's trigger-recovery claim names the RNP settings its unlearned model had
+        measured = claim["settings"].get("rnp") or None
+    if measured:  # a claim measured off the paper's values: both one click away
         paper = {k: v for k, v in paper_defaults(info.config_cls).items() if k in measured}
         # one under the other, full width: side by side their labels are cut at 1000 px
         st.button(f"Use this sample's measured settings ({describe_settings(measured)})", key="measured",
                   on_click=_use_preset, args=(name, measured), icon=":material/verified:")
         st.button(f"Back to the paper's ({describe_settings(paper)})", key="paper", on_click=_use_preset,
                   args=(name, paper), icon=":material/menu_book:")
-        st.caption(f"The Model page's efficacy table for this sample was measured with {describe_settings(measured)}.")
+        st.caption(f"Trigger recovery on this sample: {recovery_sentence(entry, claim)}" if claim else
+                   f"The Model page's efficacy table for this sample was measured with {describe_settings(measured)}.")
     try:
         params = render(name, info.config_cls)
         config_from_dict(info.config_cls, params)  # one sentence now rather than a failed run later

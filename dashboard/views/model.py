@@ -12,7 +12,7 @@ from dashboard.modelsetup import (DATASETS, DEFAULT_MAX_UPLOAD_MB, POSITIONS, ac
 from defenses.normalization import PRESETS as NORM_PRESETS, chance_warning
 from dashboard.rundata import runs_dir
 from defenses.models import ARCHITECTURES
-from sample_models import catalog, efficacy_rows, training_summary
+from sample_models import catalog, efficacy_rows, recovery_claim, recovery_sentence, training_summary
 
 st.title("Model")
 st.caption("Choose the model to examine: a small backdoored sample that ships with prunescope, or your own weights.")
@@ -52,6 +52,10 @@ if source == "Sample model":
         elif role == "control":
             st.info(f"**Clean control.** {entry.get('why', '')}", icon=":material/balance:")
         rows = efficacy_rows(entry)
+        claim = recovery_claim(entry)
+        if claim:
+            st.markdown(f"**Trigger recovery.** {recovery_sentence(entry, claim)} The Defend page sets RNP to these "
+                        "settings in one click; the Triggers page draws the result.")
         if rows:
             with st.expander("What each defense did on this sample (measured when it was trained, test split)",
                              expanded=role == "showcase"):
