@@ -50,7 +50,9 @@ with right:
                  column_config={"L1": st.column_config.NumberColumn("L1", help="The recovered mask's size (L1 norm)."),
                                 "flips orig.": st.column_config.TextColumn(
                                     "flips orig.", help="How often the recovered trigger flips the original model "
-                                                        "to this label.")})
+                                                        "to this label. A large mask flips almost any model (an "
+                                                        "adversarial patch), so read it beside L1: the attacker's "
+                                                        "trigger is a small mask that flips it.")})
 short = rundata.short_recovery_warning(rec)
 if short:
     st.warning(short, icon=":material/warning:")
