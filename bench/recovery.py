@@ -33,9 +33,10 @@ from pathlib import Path
 import torch
 
 from defenses.data import load_dataset
-from defenses.rnp import RNP, RNPConfig
+from defenses.evaluation import predict
 from defenses.trigger_recovery import TriggerRecovery, trigger_asr
 from sample_models import load_sample
+from sample_models.efficacy import unlearn
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "recovery.md"
 CACHE = Path(__file__).resolve().parent / "cache" / "recovery"
@@ -56,12 +57,9 @@ def run_one(key: str, data) -> dict:
     if on == "original":
         model = sample.model
     else:
-        res = RNP(RNPConfig(unlearn_lr=float(on), recover_epochs=1, seed=seed)).run(sample.model, data.clean)
-        model = res.extras["unlearned_model"]
-        ex = res.extras
-        with torch.no_grad():
-            pred = torch.cat([model(data.test.images(torch.arange(i, min(i + 256, len(data.test))))).argmax(1)
-                              for i in range(0, len(data.test), 256)])
+        ex = unlearn(sample.model, {"unlearn_lr": float(on), "seed": seed}, data.clean).extras
+        model = ex["unlearned_model"]
+        pred = predict(model, data.test)
         row.update(unlearn_steps=ex["unlearn_steps"], reached=ex["reached_threshold"],
                    unlearned_acc=float((pred == data.test.y).float().mean()),
                    unlearned_target_share=float((pred == target).float().mean()))

@@ -56,20 +56,26 @@ def measure(name: str, defense: str, settings: dict | None = None, data=None) ->
     return out
 
 
+def unlearn(model, rnp_settings: dict, clean):
+    """RNP at these settings, for its unlearned model (``extras["unlearned_model"]``) alone.
+
+    Unlearning comes first and draws its batches first, so the unlearned model does not depend on
+    the recovery's length: one recovery epoch instead of the paper's 20 saves time, nothing else."""
+    from defenses.rnp import RNP, RNPConfig
+
+    cfg = config_from_dict(RNPConfig, dict(rnp_settings or {}))
+    return RNP(dataclasses.replace(cfg, recover_epochs=1)).run(model, clean)
+
+
 def measure_recovery(name: str, settings: dict, data=None) -> dict:
     """Neural Cleanse on RNP's unlearned model, as a run with trigger recovery does it: which labels
     it flags, and how often the target's recovered trigger flips the original model (clean set)."""
-    from defenses.rnp import RNP, RNPConfig
     from defenses.trigger_recovery import TriggerRecovery, TriggerRecoveryConfig
 
     data = data or load_dataset("mnist5k")
     sample = load_sample(name)
     t0 = time.perf_counter()
-    cfg = config_from_dict(RNPConfig, settings.get("rnp") or {})
-    # Unlearning comes first and draws its batches first, so the unlearned model does not depend on
-    # the recovery's length: one recovery epoch instead of the paper's 20 saves time, nothing else.
-    result = RNP(dataclasses.replace(cfg, recover_epochs=1)).run(sample.model, data.clean)
-    unlearned = result.extras["unlearned_model"]
+    unlearned = unlearn(sample.model, settings.get("rnp"), data.clean).extras["unlearned_model"]
     t1 = time.perf_counter()
     rec = TriggerRecovery(config_from_dict(TriggerRecoveryConfig, settings.get("nc") or {})).run(
         unlearned, data.clean, original_model=sample.model)
