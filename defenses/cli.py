@@ -97,15 +97,63 @@ def cmd_run(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from .scan.folder import list_scans
+
     for r in list_runs(args.runs_dir):
         st = r["status"]
         prog = st.get("progress", {})
         print(f"{r['run_id']:50s} {st.get('state', '?'):9s} {prog.get('stage', '')} {prog.get('step', '')}/{prog.get('total', '')}")
+    for r in list_scans(args.runs_dir):
+        v = r["verdict"]
+        verdict = f"p = {v['probability']:.2f}, suspected label {v['label']}" if v else ""
+        print(f"{'scans/' + r['scan_id']:50s} {r['status'].get('state', '?'):9s} {verdict}")
     return 0
 
 
+def cmd_scan(args) -> int:
+    import shutil
+
+    from .cli_request import _parse_sets, model_and_data
+    from .scan.folder import ScanFailed, create_scan, execute_scan
+    from .scan.report import mads, verdict_sentence
+
+    model, data, _ = model_and_data(args)
+    settings = {}
+    if args.signals:
+        settings["signals"] = [n.strip() for n in args.signals.split(",") if n.strip()]
+    per_signal = {}
+    for k, v in _parse_sets(args.set).items():
+        if "." not in k:
+            raise ValueError(f"--set takes SIGNAL.SETTING=VALUE for a scan (e.g. cleanse.steps=100), got {k!r}.")
+        sig, field = k.split(".", 1)
+        per_signal.setdefault(sig, {})[field] = v
+    if per_signal:
+        settings["settings"] = per_signal
+    d = create_scan(model, data, settings, args.runs_dir, args.device)
+    print(f"scan {d.name} in {d}", file=sys.stderr)
+    try:
+        verdict = execute_scan(d)
+    except ScanFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(verdict_sentence(verdict))
+    for n, r in verdict.signals.items():
+        p = "" if r.p_value is None else f", p {r.p_value:.3g}"
+        print(f"  {n:8s} label {r.label}, outlier score {mads(r.score)}{p} ({r.seconds:.1f} s)")
+    if args.report:
+        shutil.copyfile(d / "report.html", args.report)
+        print(f"report: {args.report}", file=sys.stderr)
+    return 0
+
+
+def run_folder(runs_dir, run: str) -> Path:
+    """A run named by its id (``show ID``) or by the path `run` prints (``show runs/ID``)."""
+    given = Path(run)
+    return given if (given / "config.json").exists() else Path(runs_dir) / given.name
+
+
 def cmd_show(args) -> int:
-    run_dir = Path(args.runs_dir) / args.run_id
+    run_dir = run_folder(args.runs_dir, args.run_id)
     print(json.dumps({"status": read_status(run_dir), "result": read_json(run_dir / "result.json")}, indent=1))
     return 0
 
@@ -235,7 +283,14 @@ def make_parser() -> argparse.ArgumentParser:
                    help="also unpickle Python objects besides tensors and numpy arrays (this can run code: only for "
                         "a file you made or vouch for)")
     i.set_defaults(func=cmd_import)
-    sub.add_parser("list", help="list runs").set_defaults(func=cmd_list)
+    sc = sub.add_parser("scan", help="is this model backdoored, and which label? (no trigger needed)")
+    model_and_data_args(sc)
+    sc.add_argument("--signals", help="comma-separated signals (default: all: weights, mmbd, noise, unlearn, cleanse)")
+    sc.add_argument("--set", action="append", metavar="SIGNAL.SETTING=VALUE",
+                    help="a signal's setting, e.g. cleanse.steps=100 (repeatable)")
+    sc.add_argument("--report", metavar="FILE.html", help="also write the self-contained HTML report there")
+    sc.set_defaults(func=cmd_scan)
+    sub.add_parser("list", help="list runs and scans").set_defaults(func=cmd_list)
     s = sub.add_parser("show", help="print a run's status and result")
     s.add_argument("run_id")
     s.set_defaults(func=cmd_show)

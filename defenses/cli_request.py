@@ -62,6 +62,25 @@ def build_request(args) -> RunRequest:
     if args.demo and not info.demo:
         raise ValueError(f"{info.title.split(':')[0]} has no demo budget; run it without --demo.")
     params = {**(info.demo if args.demo else {}), **_parse_sets(args.set)}  # --set wins over the demo
+    model, data, spec = model_and_data(args)
+    trigger = _json_arg("--trigger", args.trigger)
+    if getattr(args, "poisoned_test", None):
+        if trigger is not None:
+            raise ValueError("Give the trigger as --trigger or as --poisoned-test, not both.")
+        from .poisoned import poisoned_trigger
+
+        trigger = poisoned_trigger(args.poisoned_test)
+    if trigger is None and spec is not None:
+        trigger = spec.trigger()  # the spec's poisoned test set
+    return RunRequest(defense=info.name, params=params, model=model, data=data, trigger=trigger, device=args.device,
+                      recover_triggers=not args.no_trigger_recovery, recover_on=args.recover_on,
+                      recovery_params=_parse_sets(args.recovery_set, "--recovery-set"), oracle=args.oracle,
+                      oracle_iterations=args.oracle_iterations)
+
+
+def model_and_data(args) -> tuple[dict, dict, object]:
+    """(model spec, data spec, the model spec file or None) from the options `run`, `neurons` and
+    `scan` share."""
     normalize = _normalization(args)
     spec = None
     if getattr(args, "spec", None):
@@ -93,19 +112,7 @@ def build_request(args) -> RunRequest:
         data["clean_fraction"] = args.clean_fraction
     else:
         data["clean_count"] = args.clean_count
-    trigger = _json_arg("--trigger", args.trigger)
-    if getattr(args, "poisoned_test", None):
-        if trigger is not None:
-            raise ValueError("Give the trigger as --trigger or as --poisoned-test, not both.")
-        from .poisoned import poisoned_trigger
-
-        trigger = poisoned_trigger(args.poisoned_test)
-    if trigger is None and spec is not None:
-        trigger = spec.trigger()  # the spec's poisoned test set
-    return RunRequest(defense=info.name, params=params, model=model, data=data, trigger=trigger, device=args.device,
-                      recover_triggers=not args.no_trigger_recovery, recover_on=args.recover_on,
-                      recovery_params=_parse_sets(args.recovery_set, "--recovery-set"), oracle=args.oracle,
-                      oracle_iterations=args.oracle_iterations)
+    return model, data, spec
 
 
 def model_and_data_args(p: argparse.ArgumentParser) -> None:

@@ -142,6 +142,16 @@ class RNP:
                     "unlearn_steps": steps},
         )
 
+    def unlearn(self, model, clean_data: ArraySplit, device=None):
+        """RNP's first stage alone: a frozen copy of ``model`` after unlearning the clean task, its
+        per-epoch log and whether it reached the clean threshold (the scan's unlearned-label signal)."""
+        check_clean_data(clean_data, "RNP")
+        device = resolve_device(model, device)
+        gen = torch.Generator().manual_seed(self.config.seed)
+        net, log, reached, _ = self._unlearn(model, clean_data, device, gen,
+                                             resolve_augment(self.config.augment, clean_data), NullCallback(), 0)
+        return net, log, reached
+
     def _unlearn(self, model, clean_data, device, gen, augment, callback, total):
         cfg = self.config
         net = working_copy(model, device)

@@ -7,6 +7,7 @@ from dashboard.common import RECOVERED_ON, USER_ERRORS, current_choice, fmt_rate
 from dashboard.config_form import below_paper, paper_defaults, render, widget_key
 from dashboard.liveview import finished_cut, live_score_label, live_view, status_line
 from dashboard.rundata import describe_run, run_path, runs_dir
+from dashboard.scanview import defend_hint
 from defenses.base import all_defenses, config_from_dict
 from defenses.labels import describe_settings
 from defenses.runs import RECOVER_ON, RunRequest, cancel_run, list_runs, start_run
@@ -20,6 +21,9 @@ if choice is None:
     st.stop()
 st.caption(f"Model: **{choice['label']}** (change it on the Model page). Each run works in its own process and "
            "writes a run folder, so reloading this page, opening a second tab or restarting the server loses nothing.")
+scan_hint = defend_hint(st.session_state, choice)  # set by the Scan page's "Defend this model"
+if scan_hint:
+    st.info(scan_hint, icon=":material/radar:")
 
 defenses = all_defenses()
 names = list(defenses)

@@ -1,4 +1,4 @@
-"""Learn page: what each defense computes, with its formula, and what each chart shows."""
+"""Learn page: what each defense computes, with its formula, what each chart shows, and what the scan measures."""
 import streamlit as st
 
 st.title("Learn: how the defenses work")
@@ -10,7 +10,8 @@ st.markdown(
     "**ASR**, the fraction of triggered images (true label not the target) that land on the target.")
 st.latex(r"\mathrm{ASR} = \Pr_{(x,y)\,:\,y \neq t}\big[f\big((1-M)\odot x + M \odot P\big) = t\big]")
 
-tabs = st.tabs(["ANP", "RNP", "Neural Cleanse", "CLP", "Hölder pruning", "When pruning works", "Reading the charts"])
+tabs = st.tabs(["ANP", "RNP", "Neural Cleanse", "CLP", "Hölder pruning", "When pruning works", "Reading the charts",
+                "Scan"])
 with tabs[0]:
     st.markdown("**Adversarial Neuron Pruning** (Wu & Wang, NeurIPS 2021). Backdoored networks collapse under small "
                 "adversarial perturbations of their neurons. Each neuron gets a mask $m \\in [0,1]$ and, for the "
@@ -124,3 +125,22 @@ with tabs[6]:
   captum attributions (Saliency: $|\\partial f_c/\\partial x|$; Integrated Gradients:
   $(x - x_0)\\int_0^1 \\partial f_c(x_0 + s(x-x_0))/\\partial x\\,ds$) before and after pruning.
 """)
+with tabs[7]:
+    from defenses.scan import all_signals
+
+    st.markdown("**The scan** (the Scan page, or `prunescope scan`) asks *is this model backdoored, and which label?* "
+                "before any pruning, without the trigger. Each signal below computes one number per label, its "
+                "evidence that the label is a backdoor target:")
+    for info in all_signals().values():
+        st.markdown(f"- **{info.title}** ({info.paper}): {info.measures}." +
+                    ("" if info.needs_data else " It needs no images."))
+    st.markdown("Every signal is read through the same **outlier score**: how many median absolute deviations "
+                "(MADs) the most suspicious label stands above the median label, Neural Cleanse's anomaly index "
+                "generalised. The scan combines the signals' outlier scores with a **logistic calibration** fitted on "
+                "a development zoo of clean and backdoored models, and measures it with one attack kind held out of "
+                "the fit at a time, so the rates its verdict quotes are for attacks it was not fitted on. The "
+                "suspected target is the label with the largest combined evidence across the signals. A low "
+                "probability says **no evidence of a backdoor was found**, never that the model is clean: attacks "
+                "unlike those in the zoo may pass unseen.")
+    st.latex(r"\text{outlier}(t) = \frac{e_t - \operatorname{median}_k e_k}{1.4826\cdot\operatorname{MAD}_k e_k}, "
+             r"\qquad o_s = \max_t \text{outlier}_s(t), \qquad p = \sigma\Big(b + \sum_s w_s \min(o_s, 20)\Big)")

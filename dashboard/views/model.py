@@ -5,7 +5,8 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import cache, figures
-from dashboard.common import (USER_ERRORS, current_choice, default_sample, fmt_rate, sample_choice, show_error)
+from dashboard.common import (USER_ERRORS, current_choice, default_sample, fmt_rate, page_link, sample_choice,
+                              show_error)
 from dashboard.modelsetup import (DATASETS, DEFAULT_MAX_UPLOAD_MB, POSITIONS, accept_poisoned_upload, accept_upload,
                                   architecture_name, data_spec, normalization_spec, parse_kwargs, spec_choice,
                                   trigger_spec)
@@ -200,6 +201,8 @@ m2.metric("Attack success rate (ASR)", fmt_rate(summary["asr"]),
                "poisoned test set, the fraction of its images classified as their attack labels.")
 m3.metric("Classes", summary["num_classes"])
 st.caption(summary["data"])
+if choice.get("trigger") is None and not cat.get(choice["model"].get("sample"), {}).get("trigger"):  # none known
+    page_link("views/scan.py", "Scan it: is it backdoored, and which label?", ":material/radar:")
 near_chance = chance_warning(summary["acc"], summary["num_classes"])
 if near_chance:
     st.warning(near_chance, icon=":material/warning:")
