@@ -68,6 +68,7 @@ class SignalInfo:
 
 
 SIGNALS: dict[str, SignalInfo] = {}
+ORDER = ("weights", "mmbd", "noise", "unlearn", "cleanse")  # cheap ones first
 
 
 def register_signal(name: str, title: str, config_cls: type, *, needs_data: bool, paper: str,
@@ -84,4 +85,5 @@ def all_signals() -> dict[str, SignalInfo]:
     # Importing the modules fills the registry, in the order a scan runs them (cheap ones first).
     from . import weights, mmbd, noise, unlearn, cleanse  # noqa: F401
 
-    return dict(SIGNALS)
+    # a fixed order, whatever order the modules happened to be imported in
+    return {n: SIGNALS[n] for n in sorted(SIGNALS, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))}

@@ -2,6 +2,8 @@
 a verdict to Plotly figures, shared by the dashboard's Scan page and the HTML report."""
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 
 from .base import outlier_scores
@@ -26,7 +28,7 @@ def probability_gauge(verdict: Verdict) -> go.Figure:
     p = verdict.probability
     fig = go.Figure(go.Indicator(
         mode="gauge+number", value=100 * p, number={"suffix": "%", "valueformat": ".0f"},
-        title={"text": "probability of a backdoor"},
+        title={"text": "P(backdoor)"},
         gauge={"axis": {"range": [0, 100]}, "bar": {"color": SUSPECT if p >= 0.5 else "#2ca02c"},
                "steps": [{"range": [0, 50], "color": "#eef6ee"}, {"range": [50, 100], "color": "#fbeaea"}],
                "threshold": {"line": {"color": "black", "width": 2}, "value": 50}}))
@@ -60,9 +62,11 @@ def cleanse_figure(r) -> go.Figure:
     import statistics
 
     med = statistics.median(l1)
-    fig = _bars(l1, r.label, "Neural Cleanse: each label's smallest trigger (mask L1)", "mask L1 (log)", med,
-                "median")
+    fig = _bars(l1, r.label, "Neural Cleanse: each label's smallest trigger (mask L1)", "mask L1 (log)")
     fig.update_yaxes(type="log")
+    # a shape on a log axis is placed in log10 units: the median's line at log10(median)
+    fig.add_hline(y=math.log10(max(med, 1e-9)), line_dash="dash", line_color="#1f77b4", annotation_text="median",
+                  annotation_position="top left")
     return fig
 
 

@@ -29,10 +29,21 @@ def mads(score: float) -> str:
 
 
 def evidence_words(verdict: Verdict) -> str:
+    """The signals the probability is calibrated on first, whatever their score; then any other
+    signal that singles out a label by 3 or more MADs."""
     titles = {n: i.title for n, i in all_signals().items()}
-    parts = [f"{titles.get(n, n)} points at label {r.label} ({mads(r.score)} MADs above the median label)"
-             for n, r in sorted(verdict.signals.items(), key=lambda kv: -kv[1].score) if r.score >= 3]
-    return "; ".join(parts) if parts else "no signal singles out a label by 3 or more MADs"
+    used = [n for n in verdict.calibration.get("signals", []) if n in verdict.signals]
+
+    def words(n):
+        r = verdict.signals[n]
+        return f"{titles.get(n, n)} points at label {r.label} ({mads(r.score)} MADs above the median label)"
+
+    text = "; ".join(words(n) for n in used) + (" (the probability's signal)" if len(used) == 1 else "")
+    others = [words(n) for n, r in sorted(verdict.signals.items(), key=lambda kv: -kv[1].score)
+              if n not in used and r.score >= 3]
+    if others:
+        text += ". Also shown, not combined: " + "; ".join(others)
+    return text or "no signal singles out a label by 3 or more MADs"
 
 
 def verdict_sentence(verdict: Verdict) -> str:
