@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from defenses.scan.base import SignalResult
-from defenses.scan.calibrate import (bootstrap_auc, cross_entropy, features, fit_logistic, predict_logistic, roc_auc,
+from defenses.scan.calibrate import (bootstrap_auc, cross_entropy, features, fit_logistic, roc_auc,
                                      tpr_at_fpr)
 from defenses.scan.scanner import CALIBRATION, combine
 
@@ -149,8 +149,7 @@ def render(rows: list[dict]) -> tuple[str, dict]:
     out.append(_row(f"**scan** ({', '.join(shipped)}), one kind held out", head, f"{wall:.1f}",
                     "the headline"))
     cal_all = calibration_for(mn, shipped)
-    pin = [p for p, _ in verdicts(mn, cal_all)]
-    lin = [l for _, l in verdicts(mn, cal_all)]
+    pin, lin = zip(*verdicts(mn, cal_all))
     out.append(_row("scan, in-sample (the shipped fit, scored on its own training models)", measures(mn, pin, lin),
                     "", "optimistic: shown only beside the headline"))
     allp, alll = leave_kind_out(mn, ALL)
@@ -197,8 +196,7 @@ def render(rows: list[dict]) -> tuple[str, dict]:
     fpr_clean = [probs[i] for i in clean_idx]
     out.append(f"| clean (false alarms) | {len(clean_idx)} | | {100 * sum(p >= 0.5 for p in fpr_clean) / len(clean_idx):.0f}% | |")
     if cf:
-        cp = [p for p, _ in verdicts(cf, cal_all)]
-        cl = [l for _, l in verdicts(cf, cal_all)]
+        cp, cl = zip(*verdicts(cf, cal_all))
         out.append("\n## CIFAR-10: the MNIST fit applied untouched (no CIFAR model in any fit)\n")
         out.append(HEAD)
         out.append(_row("scan", measures(cf, cp, cl), f"{sum(sum(r['signals'][n]['seconds'] for n in shipped) for r in cf) / len(cf):.1f}"))

@@ -13,9 +13,8 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
-from defenses.runs import read_json
 from defenses.scan import all_signals
-from defenses.scan.folder import create_scan, read_scan_status, scan_key, scans_dir, start_scan
+from defenses.scan.folder import create_scan, read_scan_status, scan_key, scans_with_key, start_scan
 from defenses.scan.report import THRESHOLD, mads, verdict_sentence
 
 from .rundata import runs_dir
@@ -56,11 +55,7 @@ def _key(model: str, data: str, settings: str, stamp) -> str:  # stamp: a change
 
 def scans_for_key(key: str | None, root=None) -> list[Path]:
     """Every scan folder (any state) for a scan key, newest first."""
-    if key is None:
-        return []
-    root = runs_dir() if root is None else root
-    found = [d for d in scans_dir(root).glob("*") if (read_json(d / "config.json") or {}).get("key") == key]
-    return sorted(found, key=lambda d: (read_json(d / "config.json") or {}).get("created", 0), reverse=True)
+    return scans_with_key(key, runs_dir() if root is None else root)
 
 
 def start_or_resume(choice: dict, device: str = "auto", settings: dict | None = None, root=None) -> tuple[Path, str]:
@@ -69,11 +64,6 @@ def start_or_resume(choice: dict, device: str = "auto", settings: dict | None = 
     had finished) or "started"."""
     root = runs_dir() if root is None else root
     settings = settings or {}
-    previous = scans_for_key(choice_scan_key(choice, settings), root)
-    # create_scan skips cancelled folders; the newest cancelled one is resumed here instead
-    if previous and read_scan_status(previous[0]).get("state") == "cancelled":
-        start_scan(previous[0])
-        return previous[0], "resumed"
     folder = create_scan(choice["model"], choice["data"], settings, root, device=device,
                          label=choice.get("label", ""))
     status = read_scan_status(folder)

@@ -37,11 +37,6 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 0.1, steps: int =
     return w.detach().tolist(), float(b.detach()), scale.tolist()
 
 
-def predict_logistic(x: torch.Tensor, weights, bias, scale) -> torch.Tensor:
-    return torch.sigmoid(x / torch.tensor(scale, dtype=torch.float64) @ torch.tensor(weights, dtype=torch.float64)
-                         + bias)
-
-
 def roc_auc(y, score) -> float:
     """The probability that a random positive outscores a random negative (ties count half)."""
     y, s = torch.as_tensor(y).bool(), torch.as_tensor(score, dtype=torch.float64)

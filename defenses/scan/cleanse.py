@@ -41,12 +41,12 @@ class Cleanse:
     def __init__(self, config: CleanseConfig | None = None, **kwargs):
         self.config = config if config is not None else CleanseConfig(**kwargs)
 
-    def run(self, model, clean_data, callback=None, device=None):
+    def run(self, model, clean_data, callback=None, device=None, input_shape=None, num_classes=None):
         cfg = self.config
         t0 = time.perf_counter()
         rec = TriggerRecovery(TriggerRecoveryConfig(steps=cfg.steps, batch_size=cfg.batch_size, lam=cfg.lam,
                                                     anomaly_threshold=cfg.anomaly_threshold, seed=cfg.seed)
-                              ).run(model, clean_data, device=device)
+                              ).run(model, clean_data, device=device, num_classes=num_classes)
         evidence = [-math.log(max(v, 1e-6)) for v in rec.l1]
         result = from_evidence(self.name, evidence, own_rule=bool(rec.flagged), seconds=time.perf_counter() - t0,
                                details={"l1": rec.l1, "anomaly_index": rec.anomaly, "flagged": rec.flagged,

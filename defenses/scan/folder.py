@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from ..base import NullCallback
-from ..runs import DEFAULT_RUNS_DIR, Cancelled, load_inputs, one_sentence, read_json, resolve_device_name, write_json
+from ..runs import DEFAULT_RUNS_DIR, Cancelled, _alive, load_inputs, one_sentence, read_json, resolve_device_name, write_json
 from .base import SignalResult
 from .scanner import ScanConfig, Verdict, scan
 
@@ -51,23 +51,24 @@ def scan_key(model_spec: dict, data_spec: dict, settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def find_scan(key: str, runs_dir=DEFAULT_RUNS_DIR) -> Path | None:
-    for d in sorted(scans_dir(runs_dir).glob("*"), reverse=True):
-        cfg = read_json(d / "config.json")
-        if cfg and cfg.get("key") == key and read_json(d / "status.json", {}).get("state") != "cancelled":
-            return d
-    return None
+def scans_with_key(key: str | None, runs_dir=DEFAULT_RUNS_DIR) -> list[Path]:
+    """Every scan folder for a scan key, in any state, newest first."""
+    if key is None:
+        return []
+    found = [(cfg.get("created", 0), d) for d in scans_dir(runs_dir).glob("*")
+             if (cfg := read_json(d / "config.json") or {}).get("key") == key]
+    return [d for _, d in sorted(found, key=lambda t: t[0], reverse=True)]
 
 
 def create_scan(model_spec: dict, data_spec: dict, settings: dict | None = None, runs_dir=DEFAULT_RUNS_DIR,
                 device: str = "auto", label: str = "") -> Path:
-    """The scan's folder: an existing one for the same model, data and settings (done, or to
-    resume), else a new one."""
+    """The scan's folder: the newest one for the same model, data and settings (done, or to
+    resume: a failed or cancelled scan keeps the signals it finished), else a new one."""
     settings = settings or {}
     key = scan_key(model_spec, data_spec, settings)
-    found = find_scan(key, runs_dir)
-    if found is not None:
-        return found
+    found = scans_with_key(key, runs_dir)
+    if found:
+        return found[0]
     name = label or model_spec.get("sample") or Path(str(model_spec.get("checkpoint", "model"))).stem
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:40]
     scan_id = f"{time.strftime('%Y%m%d-%H%M%S')}-scan-{safe}-{secrets.token_hex(2)}"
@@ -98,18 +99,6 @@ def read_scan_status(d) -> dict:
         status = {**status, "state": "failed", "error": "The scan's worker stopped without finishing; start it "
                                                        "again to resume from the signals already done."}
     return status
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
-        return False
-    try:  # a finished child not yet reaped is a zombie: not alive
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def load_verdict(d) -> Verdict | None:

@@ -50,7 +50,7 @@ class NeuronNoise:
     def __init__(self, config: NoiseConfig | None = None, **kwargs):
         self.config = config if config is not None else NoiseConfig(**kwargs)
 
-    def run(self, model, clean_data, callback=None, device=None):
+    def run(self, model, clean_data, callback=None, device=None, input_shape=None, num_classes=None):
         cfg = self.config
         t0 = time.perf_counter()
         points = neuron_noise_curve(model, clean_data, (0.0, *cfg.eps), images=cfg.images, seed=cfg.seed,

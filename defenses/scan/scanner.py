@@ -145,11 +145,8 @@ computed (a resumed scan), reused as they are; ``on_signal(result)`` is called a
                 if "seed" in {f.name for f in dataclasses.fields(info.config_cls)} else \
                 info.config_cls(**config.settings.get(n, {}))
             signal = info.cls(cfg)
-            if n == "mmbd":
-                results[n] = signal.run(model, clean_data, device=device, input_shape=input_shape,
-                                        num_classes=num_classes)
-            else:
-                results[n] = signal.run(model, clean_data, device=device)
+            results[n] = signal.run(model, clean_data, device=device, input_shape=input_shape,
+                                    num_classes=num_classes)
             if on_signal is not None:
                 on_signal(results[n])
             callback.step(n, i, len(names), {"score": results[n].score, "seconds": results[n].seconds})

@@ -43,16 +43,19 @@ class UnlearnedShares:
     def __init__(self, config: UnlearnConfig | None = None, **kwargs):
         self.config = config if config is not None else UnlearnConfig(**kwargs)
 
-    def run(self, model, clean_data, callback=None, device=None):
+    def run(self, model, clean_data, callback=None, device=None, input_shape=None, num_classes=None):
         cfg = self.config
         t0 = time.perf_counter()
         rnp = RNP(RNPConfig(unlearn_lr=cfg.unlearn_lr, unlearn_epochs=cfg.unlearn_epochs,
                             clean_threshold=cfg.clean_threshold, seed=cfg.seed))
         unlearned, log, reached = rnp.unlearn(model, clean_data, device=device)
         pred = predict(unlearned.eval(), clean_data)
-        with torch.no_grad():
-            k = unlearned(clean_data.images(torch.arange(1)).to(next(unlearned.parameters()).device)).shape[1]
-        counts = torch.bincount(pred.cpu(), minlength=k)
+        if num_classes is None:  # called on its own: the model's output width
+            with torch.no_grad():
+                num_classes = unlearned(clean_data.images(torch.arange(1)).to(
+                    next(unlearned.parameters()).device)).shape[1]
+        counts = torch.bincount(pred.cpu(), minlength=num_classes)
+        k = num_classes
         n = len(pred)
         top = int(counts.argmax())
         evidence = [math.log((float(c) + 1) / (n + k)) for c in counts]

@@ -40,7 +40,7 @@ class FinalWeights:
     def __init__(self, config: WeightsConfig | None = None, **kwargs):
         self.config = config if config is not None else WeightsConfig(**kwargs)
 
-    def run(self, model, clean_data=None, callback=None, device=None):
+    def run(self, model, clean_data=None, callback=None, device=None, input_shape=None, num_classes=None):
         t0 = time.perf_counter()
         w = final_linear(model).weight.detach().float().cpu()
         norms, maxima = w.norm(dim=1), w.max(dim=1).values
