@@ -22,7 +22,7 @@ else:
     st.caption(f"Model: **{choice['label']}** (change it on the Model page), with its "
                f"{choice['data'].get('clean_count', '?')} clean images.")
     st.info(sv.DURATION, icon=":material/timer:")
-    c1, _, c3 = st.columns([1, 2, 1], vertical_alignment="bottom")
+    c1, _, c3 = st.columns([2, 1, 2], vertical_alignment="bottom")
     devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
     device = c1.selectbox("Device", devices, key="scan_device")
     if c3.button("Scan this model", type="primary", key="scan_start", width="stretch", icon=":material/radar:"):

@@ -2,8 +2,6 @@
 a verdict to Plotly figures, shared by the dashboard's Scan page and the HTML report."""
 from __future__ import annotations
 
-import math
-
 import plotly.graph_objects as go
 
 from .base import outlier_scores
@@ -19,8 +17,9 @@ def _bars(values, label: int, title: str, yaxis: str, line=None, line_name: str 
     if line is not None:
         fig.add_hline(y=line, line_dash="dash", line_color="#1f77b4", annotation_text=line_name,
                       annotation_position="top left")
-    fig.update_layout(title=title, xaxis_title="label", yaxis_title=yaxis, height=300,
-                      margin=dict(l=50, r=20, t=50, b=40), showlegend=False)
+    # short titles in a small font: two charts share a row, and Plotly's toolbar sits top right
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), xaxis_title="label", yaxis_title=yaxis, height=300,
+                      margin=dict(l=50, r=45, t=50, b=40), showlegend=False, modebar=dict(orientation="v"))
     return fig
 
 
@@ -39,13 +38,13 @@ def probability_gauge(verdict: Verdict) -> go.Figure:
 def mmbd_figure(r) -> go.Figure:
     stats = r.details["max_margin"]
     null = r.details["null"]
-    fig = _bars(stats, r.label, f"MM-BD: largest logit margin per label (p = {r.p_value:.3g})", "max margin")
+    fig = _bars(stats, r.label, f"MM-BD: max margin (p = {r.p_value:.2g})", "max margin")
     try:
         from scipy.stats import gamma
 
         q = float(gamma.ppf(0.95, null["shape"], loc=null["loc"], scale=null["scale"]))
         fig.add_hline(y=q, line_dash="dash", line_color="#1f77b4",
-                      annotation_text="95% of the null fitted to the other labels", annotation_position="top left")
+                      annotation_text="null 95%", annotation_position="top left")
     except Exception:  # a degenerate fit: the bars alone
         pass
     return fig
@@ -54,7 +53,7 @@ def mmbd_figure(r) -> go.Figure:
 def noise_figure(r) -> go.Figure:
     errors = r.details["errors_to"]
     even = sum(errors) / max(1, len(errors))
-    return _bars(errors, r.label, "ANP neuron noise: where the errors go", "errors into the label", even, "even share")
+    return _bars(errors, r.label, "Neuron noise: errors per label", "errors into the label", even, "even share")
 
 
 def cleanse_figure(r) -> go.Figure:
@@ -62,22 +61,22 @@ def cleanse_figure(r) -> go.Figure:
     import statistics
 
     med = statistics.median(l1)
-    fig = _bars(l1, r.label, "Neural Cleanse: each label's smallest trigger (mask L1)", "mask L1 (log)")
+    fig = _bars(l1, r.label, "Neural Cleanse: trigger size", "mask L1, log (dashed: median)")
     fig.update_yaxes(type="log")
-    # a shape on a log axis is placed in log10 units: the median's line at log10(median)
-    fig.add_hline(y=math.log10(max(med, 1e-9)), line_dash="dash", line_color="#1f77b4", annotation_text="median",
-                  annotation_position="top left")
+    # the line in data units; no annotation: an annotation on a log axis takes log10 units and, given
+    # the median itself, stretched the axis to 1e90
+    fig.add_hline(y=med, line_dash="dash", line_color="#1f77b4")
     return fig
 
 
 def unlearn_figure(r) -> go.Figure:
     shares = [100 * s for s in r.details["shares"]]
-    return _bars(shares, r.label, "RNP's unlearned model: share of clean images per label", "% of clean images",
+    return _bars(shares, r.label, "Unlearned model: label shares", "% of clean images",
                  100 / len(shares), "even share")
 
 
 def weights_figure(r) -> go.Figure:
-    return _bars(r.details["norm"], r.label, "Final layer: each label's weight-row norm", "L2 norm of the row")
+    return _bars(r.details["norm"], r.label, "Final layer: weight-row norms", "L2 norm of the row")
 
 
 def outlier_figure(verdict: Verdict) -> go.Figure:
@@ -87,8 +86,9 @@ def outlier_figure(verdict: Verdict) -> go.Figure:
         z = outlier_scores(r.evidence).clamp(-10, 20).tolist()
         fig.add_trace(go.Scatter(x=[str(i) for i in range(len(z))], y=z, mode="lines+markers", name=name))
     fig.add_vline(x=str(verdict.label), line_color=SUSPECT, line_dash="dot")
-    fig.update_layout(title="Every signal's outlier score per label (MADs above the median label)", height=320,
-                      xaxis_title="label", yaxis_title="outlier score", margin=dict(l=50, r=20, t=50, b=40))
+    fig.update_layout(title=dict(text="Every signal's outlier score per label", font=dict(size=13)), height=320,
+                      xaxis_title="label", yaxis_title="outlier score", margin=dict(l=50, r=20, t=50, b=40),
+                      modebar=dict(orientation="v"))
     return fig
 
 
@@ -105,8 +105,8 @@ def trigger_figure(r) -> go.Figure | None:
         fig = go.Figure(go.Heatmap(z=img[0].flip(0).tolist(), colorscale="gray", showscale=False))
     else:
         fig = go.Figure(go.Image(z=(img.permute(1, 2, 0) * 255).round().tolist()))
-    fig.update_layout(title=f"Recovered trigger for label {r.label}", height=300, width=300,
-                      margin=dict(l=10, r=10, t=40, b=10), xaxis_visible=False, yaxis_visible=False)
+    fig.update_layout(title=dict(text=f"Trigger, label {r.label}", font=dict(size=13)), height=300, width=300,
+                      margin=dict(l=10, r=45, t=40, b=10), modebar=dict(orientation="v"), xaxis_visible=False, yaxis_visible=False)
     return fig
 
 
