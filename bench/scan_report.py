@@ -108,6 +108,21 @@ HEAD = ("| | ROC-AUC [95% CI] | cross-entropy | TPR at 5% FPR | flagged backdoor
         "target right (flagged) | s per model | note |\n|---|---|---|---|---|---|---|---|---|")
 
 
+def nested_leave_kind_out(rows) -> tuple[list[float], list[int], dict[str, list[str]]]:
+    """Out-of-fold probabilities where the held-out kind took no part in *choosing the signals*
+    either: each fold's signals are chosen by ``choose_signals`` on the other kinds alone."""
+    probs, labels, chosen = [0.0] * len(rows), [0] * len(rows), {}
+    for kind, idx in folds(rows).items():
+        held = set(idx)
+        train = [r for i, r in enumerate(rows) if i not in held]
+        names, _ = choose_signals(train)
+        chosen[kind] = names
+        cal = calibration_for(train, names)
+        for i, (p, label) in zip(idx, verdicts([rows[i] for i in idx], cal)):
+            probs[i], labels[i] = p, label
+    return probs, labels, chosen
+
+
 def choose_signals(rows) -> tuple[list[str], list[str]]:
     """Drop a signal while dropping it does not worsen the held-out cross-entropy by more than
     0.01 (the table shows each step): each signal must earn its place."""
@@ -139,15 +154,18 @@ def render(rows: list[dict]) -> tuple[str, dict]:
                + ", ".join(f"{k} {sum(r['truth']['kind'] == k for r in mn)}" for k in kinds if k != "clean")
                + f"); CIFAR-10 {len(cf)} models ({sum(not r['truth']['backdoored'] for r in cf)} clean).\n")
     shipped, selection = choose_signals(mn)
-    probs, labels = leave_kind_out(mn, shipped)
+    probs, labels, chosen = nested_leave_kind_out(mn)
     head = measures(mn, probs, labels)
+    sp, sl = leave_kind_out(mn, shipped)
     secs = {n: sum(r["signals"][n]["seconds"] for r in mn) / len(mn) for n in ALL}
     cpu = sum(r["cpu_s"] for r in mn) / len(mn)
     wall = sum(sum(r["signals"][n]["seconds"] for n in shipped) for r in mn) / len(mn)
     out.append("## Headline: attack kinds held out of the fit (MNIST)\n")
     out.append(HEAD)
-    out.append(_row(f"**scan** ({', '.join(shipped)}), one kind held out", head, f"{wall:.1f}",
+    out.append(_row("**scan, one kind held out of the fit and of the choice of signals**", head, f"{wall:.1f}",
                     "the headline"))
+    out.append(_row(f"scan ({', '.join(shipped)}), one kind held out of the fit; signals chosen on all kinds",
+                    measures(mn, sp, sl), "", "the choice saw the held-out kinds: optimistic"))
     cal_all = calibration_for(mn, shipped)
     pin, lin = zip(*verdicts(mn, cal_all))
     out.append(_row("scan, in-sample (the shipped fit, scored on its own training models)", measures(mn, pin, lin),
@@ -207,6 +225,8 @@ def render(rows: list[dict]) -> tuple[str, dict]:
         out.append("\n| model | kind | target | P | label |\n|---|---|---|---|---|")
         for r, p, l in zip(cf, cp, cl):
             out.append(f"| {r['name']} | {r['truth']['kind']} | {r['truth']['target']} | {p:.2f} | {l} |")
+    out.append("\nSignals chosen with each kind held out (the headline's folds): "
+               + "; ".join(f"without {k}: {', '.join(v)}" for k, v in chosen.items()) + ".\n")
     out.append("\n## Which signals ship: each must earn its place (held-out cross-entropy, MNIST)\n")
     out.append("| signals | cross-entropy, one kind held out | decision |\n|---|---|---|")
     out += selection
