@@ -117,7 +117,6 @@ def cmd_scan(args) -> int:
     from .scan.folder import ScanFailed, create_scan, execute_scan
     from .scan.report import mads, verdict_sentence
 
-    model, data, _ = model_and_data(args)
     settings = {}
     if args.signals:
         settings["signals"] = [n.strip() for n in args.signals.split(",") if n.strip()]
@@ -129,6 +128,12 @@ def cmd_scan(args) -> int:
         per_signal.setdefault(sig, {})[field] = v
     if per_signal:
         settings["settings"] = per_signal
+    if args.zoo:
+        return scan_zoo_command(args, settings)
+    if args.workers or args.address or args.gpus_per_model is not None:
+        raise ValueError("--workers, --address and --gpus-per-model go with --zoo MANIFEST; one model scans in this "
+                         "process.")
+    model, data, _ = model_and_data(args)
     d = create_scan(model, data, settings, args.runs_dir, args.device)
     print(f"scan {d.name} in {d}", file=sys.stderr)
     try:
@@ -143,6 +148,49 @@ def cmd_scan(args) -> int:
     if args.report:
         shutil.copyfile(d / "report.html", args.report)
         print(f"report: {args.report}", file=sys.stderr)
+    return 0
+
+
+def scan_zoo_command(args, settings: dict) -> int:
+    """``scan --zoo MANIFEST``: every model as one Ray task; a bar, then the table's path and counts."""
+    from tqdm.auto import tqdm
+
+    from .scan.calibrate import roc_auc
+    from .scan.zoo import read_summary, scan_zoo, truth_and_scores
+
+    bar = [None]
+
+    def progress(t, d):
+        if bar[0] is None:
+            print(f"zoo {d.name}: table in {d / 'summary.csv'}", file=sys.stderr)
+            bar[0] = tqdm(total=t.total, desc="zoo", unit="model", file=sys.stderr, dynamic_ncols=True)
+        bar[0].n = t.finished
+        bar[0].set_postfix(done=t.done, failed=t.failed, running=t.running, refresh=False)
+        bar[0].refresh()
+
+    try:
+        d = scan_zoo(args.zoo, settings, runs_dir=args.runs_dir, device=args.device, workers=args.workers,
+                     address=args.address, gpus_per_model=args.gpus_per_model, base=args, progress=progress)
+    except KeyboardInterrupt:
+        print("\ncancelled: the models finished so far are kept; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    finally:
+        if bar[0] is not None:
+            bar[0].close()
+    rows = read_summary(d)
+    count = {s: sum(r["state"] == s for r in rows) for s in ("done", "failed")}
+    flagged = sum(r.get("verdict") == "backdoor likely" for r in rows)
+    print(f"{len(rows)} models: {count['done']} scanned, {count['failed']} failed, {flagged} flagged "
+          f"(backdoor likely)")
+    for r in rows:
+        if r["state"] == "failed":
+            print(f"  {r['name']}: {r['error']}")
+    y, p = truth_and_scores(rows)
+    if 0 < sum(y) < len(y):
+        print(f"ROC-AUC against the manifest's ground truth: {roc_auc(y, p):.3f} ({sum(y)} backdoored, "
+              f"{len(y) - sum(y)} clean)")
+    print(d / "summary.csv")
     return 0
 
 
@@ -289,6 +337,15 @@ def make_parser() -> argparse.ArgumentParser:
     sc.add_argument("--set", action="append", metavar="SIGNAL.SETTING=VALUE",
                     help="a signal's setting, e.g. cleanse.steps=100 (repeatable)")
     sc.add_argument("--report", metavar="FILE.html", help="also write the self-contained HTML report there")
+    sc.add_argument("--zoo", metavar="MANIFEST",
+                    help="scan every model of a manifest (CSV, JSON, or a folder of `prunescope import` folders) on "
+                         "Ray; the model options above become the defaults of empty cells")
+    sc.add_argument("--workers", type=int, help="with --zoo and no --address: models scanned at once on this "
+                                                "machine (default: one per core)")
+    sc.add_argument("--address", help="with --zoo: an existing Ray cluster (auto, or HOST:PORT from `ray start "
+                                      "--head`) instead of a local one")
+    sc.add_argument("--gpus-per-model", type=float,
+                    help="with --zoo: GPUs each model's task asks for (default: 1 where the cluster has GPUs, else 0)")
     sc.set_defaults(func=cmd_scan)
     sub.add_parser("list", help="list runs and scans").set_defaults(func=cmd_list)
     s = sub.add_parser("show", help="print a run's status and result")

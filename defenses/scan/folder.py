@@ -35,6 +35,8 @@ def model_identity(model_spec: dict) -> dict:
     if "sample" in model_spec:
         return {"sample": model_spec["sample"]}
     path = Path(model_spec["checkpoint"])
+    if not path.is_file():
+        raise ValueError(f"No checkpoint file at {path}.")
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -135,19 +137,26 @@ def execute_scan(d, *, report: bool = True) -> Verdict:
 
             write_report(d, verdict, cfg, title)
         final = {"state": "done"}
-    except Cancelled:
+    except (Cancelled, KeyboardInterrupt) as e:  # a worker's SIGTERM, Ctrl-C, or Ray cancelling the task
         final = {"state": "cancelled"}
+        if isinstance(e, KeyboardInterrupt):
+            _finish(d, final)
+            raise
     except BaseException as e:
         (d / "error.txt").write_text(traceback.format_exc())
         final = {"state": "failed", "error": one_sentence(e)}
         if not isinstance(e, Exception):
             raise
-    status = read_json(d / "status.json", {})
-    status.update(final, finished=time.time())
-    write_json(d / "status.json", status)
+    _finish(d, final)
     if final["state"] == "failed" and "error" in final:
         raise ScanFailed(final["error"])
     return load_verdict(d)
+
+
+def _finish(d: Path, final: dict) -> None:
+    status = read_json(d / "status.json", {})
+    status.update(final, finished=time.time())
+    write_json(d / "status.json", status)
 
 
 class ScanFailed(RuntimeError):
