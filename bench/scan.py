@@ -65,21 +65,31 @@ def usable(truth: dict) -> bool:
     return not truth["backdoored"] or truth["took"]
 
 
-def collect(log=print) -> list[dict]:
+def _scan_task(truth: dict) -> dict:
+    return scan_row(truth, zoo.dataset(truth["dataset"]))
+
+
+def collect(log=print, workers: int | None = None, address: str | None = None) -> list[dict]:
+    """Scan every usable zoo model not cached yet, one Ray task each (``defenses.parallel``)."""
+    from defenses.parallel import run_all
+
     CACHE.mkdir(parents=True, exist_ok=True)
     done = {r["name"] for r in cached_rows()}
-    truths = [t for t in zoo.zoo(log=log) if usable(t)]
+    truths = [t for t in zoo.zoo(log=log, workers=workers, address=address) if usable(t)]
     todo = [t for t in truths if t["name"] not in done]
-    t0 = time.time()
-    for i, t in enumerate(todo, 1):
-        data = zoo.dataset(t["dataset"])
-        row = scan_row(t, data)
+
+    def landed(o, t):
+        if o.error:
+            raise RuntimeError(f"{o.item['name']}: {o.error}")
+        row = o.value
         with ROWS.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        left = (time.time() - t0) / i * (len(todo) - i)
-        log(f"[{i}/{len(todo)}] {t['name']}: " + ", ".join(
+        left = t.seconds_left() or 0
+        log(f"[{t.finished}/{t.total}] {row['name']}: " + ", ".join(
             f"{n} {s['score']:.1f}->{s['label']}" for n, s in row["signals"].items())
             + f" ({row['wall_s']:.1f} s; about {left / 60:.0f} min left)")
+
+    run_all(_scan_task, todo, workers=workers, address=address, gpus_per_task=0, on_result=landed)
     names = {t["name"] for t in truths}
     return [r for r in cached_rows() if r["name"] in names]
 
@@ -87,10 +97,12 @@ def collect(log=print) -> list[dict]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--render", action="store_true", help="only refit and rewrite the report from cached rows")
+    p.add_argument("--workers", type=int, help="models scanned at once on this machine (default: one per core)")
+    p.add_argument("--address", help="an existing Ray cluster (auto or HOST:PORT) instead of a local one")
     args = p.parse_args(argv)
     from .scan_report import write
 
-    rows = cached_rows() if args.render else collect()
+    rows = cached_rows() if args.render else collect(workers=args.workers, address=args.address)
     write(rows)
 
 

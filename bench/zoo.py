@@ -2,6 +2,11 @@
 
     python -m bench.zoo                 # build what is missing (about 15 minutes on 2 cores)
     python -m bench.zoo --list          # the models and their ground truth
+    python -m bench.zoo --address HOST:PORT   # train the missing models on a Ray cluster
+    python -m bench.zoo --manifest zoo.csv    # a manifest for `prunescope scan --zoo`
+
+Missing models are trained as one Ray task each (``defenses.parallel``, the executor the zoo scan
+uses): a local Ray with one worker per core, or a cluster by address.
 
 Every model is cached under ``bench/cache/zoo/<name>.safetensors`` with ``<name>.json`` beside it:
 its recipe and ground truth (backdoored, attack kind, target, ACC, ASR, whether the backdoor took:
@@ -206,9 +211,7 @@ def build(recipe: dict, log=print) -> dict:
     if poisoned is not None:
         np.savez_compressed(npz, **poisoned)
     meta.write_text(json.dumps(truth, indent=1))
-    log(f"{truth['name']}: {truth['kind']}, ACC {truth['acc']:.3f}"
-        + (f", ASR {truth['asr']:.3f}{'' if truth['took'] else ' (did not take)'}" if truth["backdoored"] else "")
-        + f" ({truth['train_seconds']} s)")
+    log(_line(truth))
     return truth
 
 
@@ -221,19 +224,60 @@ def load(truth: dict) -> torch.nn.Module:
     return model.eval()
 
 
-def zoo(cifar: bool = True, log=print) -> list[dict]:
-    """Every zoo model's ground truth, training what is missing."""
-    return [build(r, log) for r in recipes(cifar)]
+def _build_task(recipe: dict) -> dict:
+    return build(recipe, log=lambda s: None)
+
+
+def zoo(cifar: bool = True, log=print, workers: int | None = None, address: str | None = None) -> list[dict]:
+    """Every zoo model's ground truth, training what is missing as one Ray task per model."""
+    from defenses.parallel import run_all
+
+    wanted = recipes(cifar)
+    missing = [r for r in wanted if not all(p.exists() for p in paths(r["name"])[:2])]
+    if missing:
+        def landed(o, t):
+            if o.error:
+                raise RuntimeError(f"{o.item['name']}: {o.error}")
+            log(f"[{t.finished}/{t.total}] {_line(o.value)}")
+
+        run_all(_build_task, missing, workers=workers, address=address, gpus_per_task=0, on_result=landed)
+    return [json.loads(paths(r["name"])[1].read_text()) for r in wanted]
+
+
+def _line(truth: dict) -> str:
+    return (f"{truth['name']}: {truth['kind']}, ACC {truth['acc']:.3f}"
+            + (f", ASR {truth['asr']:.3f}{'' if truth['took'] else ' (did not take)'}" if truth["backdoored"] else "")
+            + f" ({truth['train_seconds']} s)")
+
+
+def write_manifest(truths: list[dict], path: Path) -> None:
+    """A CSV manifest of the usable MNIST models with their ground truth, for `prunescope scan --zoo`."""
+    import csv
+
+    with Path(path).open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "arch", "checkpoint", "arch_kwargs", "num_classes", "dataset", "backdoored", "target"])
+        for t in truths:
+            if t["dataset"] != "mnist5k" or (t["backdoored"] and not t["took"]):
+                continue
+            w.writerow([t["name"], t["architecture"], str(paths(t["name"])[0].resolve()), json.dumps(t["arch_kwargs"]),
+                        t["num_classes"], "mnist5k", "yes" if t["backdoored"] else "no",
+                        t.get("target") if t["backdoored"] and t.get("target") is not None else ""])
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="print the models and their ground truth")
     p.add_argument("--no-cifar", action="store_true", help="only the MNIST models")
+    p.add_argument("--workers", type=int, help="models trained at once on this machine (default: one per core)")
+    p.add_argument("--address", help="an existing Ray cluster (auto or HOST:PORT) instead of a local one")
+    p.add_argument("--manifest", metavar="FILE.csv", help="also write a manifest of the usable MNIST models")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
-    truths = zoo(not args.no_cifar)
+    truths = zoo(not args.no_cifar, workers=args.workers, address=args.address)
+    if args.manifest:
+        write_manifest(truths, Path(args.manifest))
+        print(f"manifest: {args.manifest}")
     if args.list or True:
         kinds = {}
         for t in truths:

@@ -22,6 +22,7 @@ st.set_page_config(page_title=APP_TITLE, page_icon=":material/content_cut:", lay
 pages = [
     st.Page("views/model.py", title="Model", icon=":material/memory:", default=True),
     st.Page("views/scan.py", title="Scan", icon=":material/radar:"),
+    st.Page("views/zoo.py", title="Zoo", icon=":material/grid_view:"),
     st.Page("views/defend.py", title="Defend", icon=":material/shield:"),
     st.Page("views/explore.py", title="Explore", icon=":material/query_stats:"),
     st.Page("views/neuron.py", title="Neuron", icon=":material/hub:"),

@@ -10,7 +10,7 @@ pile onto one label far above the even share 1 / (K - 1), that label is a backdo
 ANP's perturbed loss points at it. It is a necessary condition for ANP, not a sufficient one: on
 the shipped ``cnn_badnets`` the errors do pile onto the target, and a trigger-aware oracle
 removes the backdoor with 16 of its 320 neurons, yet ANP's masks do not single those neurons out
-(see the README's benchmark).
+(see docs/benchmark.md).
 
 Like ANP, the model runs in train mode (BatchNorm on batch statistics) on a copy; in eval mode
 the noise compounds through the running statistics and the errors say little about the target

@@ -37,7 +37,7 @@ def test_anp_cuts_the_backdoor_of_the_sample_trained_as_in_the_papers(mnist5k):
     """On cnn_badnets_sgd (SGD, weight decay, 100 epochs) a short ANP run already prunes neurons
     at the paper's threshold that carry the backdoor: measured at 150 iterations, 13 of 320
     pruned, ACC 98.9% -> 97.2%, ASR 100% -> 69.9%. (The Adam-trained cnn_badnets keeps ASR at
-    99.9% under the same budget, and neither reaches the paper's ASR < 5%; see the README.)"""
+    99.9% under the same budget, and neither reaches the paper's ASR < 5%; see docs/benchmark.md.)"""
     s = load_sample("cnn_badnets_sgd")
     result = ANP(ANPConfig(iterations=150)).run(s.model, mnist5k.clean)
     (row,) = sweep(s.model, find_neurons(s.model, mnist5k.shape), result.scores, "low", mnist5k.test, s.trigger,

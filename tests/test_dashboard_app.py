@@ -28,7 +28,7 @@ from defenses.runs import RunRequest, read_status, save_tensors, write_json
 from defenses.trigger_recovery import RecoveredTriggers, save_recovery
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
-PAGES = ["model", "scan", "defend", "explore", "compare", "triggers", "learn"]
+PAGES = ["model", "scan", "zoo", "defend", "explore", "compare", "triggers", "learn"]
 CNN_LAYERS = {"features.1": 32, "features.4": 32, "features.8": 64, "features.11": 64, "classifier.2": 128}
 SAMPLE_DATA = {"dataset": "mnist5k", "clean_count": 500, "seed": 0}
 MB = 1024 * 1024

@@ -4,6 +4,7 @@ progress reaching its total, and the same seed giving the same scores."""
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -15,9 +16,13 @@ from planted import build_planted, clean_and_test
 DEFENSES = sorted(all_defenses())
 
 
+# bench/gpu.py runs this contract on the GPU (PRUNESCOPE_TEST_DEVICE=cuda); CI runs it on the CPU.
+DEVICE = os.environ.get("PRUNESCOPE_TEST_DEVICE", "cpu")
+
+
 @pytest.fixture(scope="module")
 def planted():
-    model = build_planted()
+    model = build_planted().to(DEVICE)
     clean, _ = clean_and_test()
     return model, clean
 
