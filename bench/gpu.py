@@ -117,7 +117,7 @@ def anp_timing(npz: Path, ckpt: Path, gpu_iters: int, cpu_iters: int, device: st
 
 def scan_both(device: str) -> list[str]:
     from defenses.data import load_dataset
-    from defenses.runs import load_model
+    from defenses.inputs import load_model
     from defenses.scan import all_signals
     from defenses.scan.scanner import ScanConfig, scan
 

@@ -34,7 +34,7 @@ def _mtime(path: Path) -> float:
 
 @st.cache_resource(max_entries=6, show_spinner=False)
 def _model(spec_key: str, shape_key: str, num_classes: int | None):
-    from defenses.runs import load_model
+    from defenses.inputs import load_model
 
     model, _, _ = load_model(json.loads(spec_key), json.loads(shape_key), num_classes)
     model.eval()
@@ -197,7 +197,8 @@ def attributions(run_id: str, threshold: float, method: str, n: int = 4) -> dict
 def preflight_message(request_key: str) -> str | None:
     """What ``prunescope run`` would refuse this run for, in one sentence (None: it can start).
     The same check as the command line's, so a run the worker would fail never starts."""
-    from defenses.runs import RunRequest, preflight
+    from defenses.inputs import preflight
+    from defenses.runs import RunRequest
 
     from .modelsetup import USER_ERRORS, user_message
 
@@ -221,7 +222,7 @@ def run_inputs(run_id: str, folder: str):
     ``folder``: the run folder's absolute path, part of the cache key (a run id names one run only
     within its runs folder)."""
     from defenses.poisoned import build_trigger
-    from defenses.runs import load_data
+    from defenses.inputs import load_data
 
     run = finished_run(run_id)
     bundle = load_data(run.config["data"])

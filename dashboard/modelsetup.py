@@ -222,7 +222,7 @@ def check_choice(model_spec: dict, data: dict, trigger: dict | None):
     """Build everything a run will need, once, to refuse a bad choice before a worker starts:
     the model with its weights, the dataset, the fit between them, and the trigger (the worker's
     own ``load_inputs``). Returns (model, bundle, trigger or None, description)."""
-    from defenses.runs import load_inputs
+    from defenses.inputs import load_inputs
 
     bundle, model, _, built, title = load_inputs(model_spec, data, trigger)
     return model, bundle, built, title

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import (Callback, DefenseResult, NullCallback, check_clean_data, check_range, log_every, register,
-                   resolve_device)
+                   progress, resolve_device)
 from .data import ArraySplit
 from .neurons import NeuronMap, find_neurons, masked_forward, working_copy
 
@@ -110,10 +110,8 @@ class ANP:
         gen = torch.Generator().manual_seed(cfg.seed)
         noise_gen = torch.Generator(device=device).manual_seed(cfg.seed)
         log, keep = [], log_every(cfg.iterations)
-        error = None
         t0 = time.perf_counter()
-        callback.begin(cfg.iterations, {"anp": cfg.iterations})
-        try:
+        with progress(callback, cfg.iterations, {"anp": cfg.iterations}):
             for it in range(1, cfg.iterations + 1):
                 x, y = clean_data.sample(cfg.batch_size, gen, augment)
                 x, y = x.to(device), y.to(device)
@@ -140,11 +138,6 @@ class ANP:
                 callback.step("anp", it, cfg.iterations, metrics)
                 if it % cfg.snapshot_every == 0 or it == cfg.iterations:  # the last one too: live charts end on the final masks
                     callback.snapshot({k: v.detach().cpu().clone() for k, v in masks.items()}, it)
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            callback.end(error)
         elapsed = time.perf_counter() - t0
         return DefenseResult(
             defense="anp", scores={k: v.detach().cpu() for k, v in masks.items()}, suspicious="low",

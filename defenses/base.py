@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -67,6 +68,19 @@ class Callback(Protocol):
     def step(self, stage: str, step: int, total: int, metrics: dict[str, float]) -> None: ...
     def snapshot(self, scores: dict[str, torch.Tensor], step: int) -> None: ...
     def end(self, error: BaseException | None = None) -> None: ...
+
+
+@contextmanager
+def progress(callback: Callback, total: int, stages: dict[str, int] | None = None):
+    """``begin`` now, ``end`` once when the block leaves: with the exception when it raised (then
+    re-raised), so a worker's event log always says why a run stopped, with None otherwise."""
+    callback.begin(total, stages)
+    try:
+        yield callback
+    except BaseException as e:
+        callback.end(e)
+        raise
+    callback.end(None)
 
 
 class NullCallback:

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 from .cli_request import build_request, model_and_data_args
-from .runs import (DEFAULT_RUNS_DIR, FINAL, RECOVER_ON, cancel_run, list_runs, read_events, read_json,
-                   read_status)
+from .runs import DEFAULT_RUNS_DIR, FINAL, RECOVER_ON, cancel_run, list_runs, read_events, read_json, read_status
 
 
 def follow(run_dir: Path, stream=None) -> str:
@@ -64,7 +63,8 @@ def _fmt(v):
 
 
 def cmd_run(args) -> int:
-    from .runs import preflight, start_run
+    from .inputs import preflight
+    from .runs import start_run
 
     request = build_request(args)
     preflight(request)
@@ -209,7 +209,7 @@ def cmd_show(args) -> int:
 def cmd_neuron(args) -> int:
     from .inspector import neuron_report
 
-    c = neuron_report(Path(args.runs_dir) / args.run_id, args.layer, args.index, evaluate=args.evaluate)
+    c = neuron_report(run_folder(args.runs_dir, args.run_id), args.layer, args.index, evaluate=args.evaluate)
     unit = "mask value, low = suspicious" if c["suspicious"] == "low" else "constant, high = suspicious"
     source = f"; normalises {c['source']}" if c.get("source") else ""
     print(f"{c['layer']}[{c['index']}] ({c['kind']}, {c['layer_size']} neurons{source})")
@@ -232,7 +232,7 @@ def cmd_neuron(args) -> int:
 def cmd_neurons(args) -> int:
     """The neuron layers the tool finds in a model, before any run: what a defense would score."""
     from .neurons import find_neurons
-    from .runs import load_inputs
+    from .inputs import load_inputs
 
     request = build_request(argparse.Namespace(**vars(args), defense="clp", set=None, demo=False,
                                                no_trigger_recovery=True, recover_on="unlearned", recovery_set=None,
@@ -270,7 +270,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    ok = cancel_run(Path(args.runs_dir) / args.run_id)
+    ok = cancel_run(run_folder(args.runs_dir, args.run_id))
     print("cancel sent" if ok else "that run is not running", file=sys.stderr)
     return 0 if ok else 1
 
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ValueError, KeyError, OSError) as e:  # OSError: a folder that cannot be written, a file gone
-        from .runs import one_sentence
+        from .worker import one_sentence
 
         print(f"error: {one_sentence(e)}", file=sys.stderr)
         return 2

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Callback, DefenseResult, NullCallback, check_range, register, resolve_device
+from .base import Callback, DefenseResult, NullCallback, check_range, progress, register, resolve_device
 from .neurons import NeuronLayer, NeuronMap, find_neurons
 from .norms import NORM_LABELS
 
@@ -162,15 +162,13 @@ class CLP:
     def run(self, model, clean_data, callback: Callback | None = None, device=None) -> DefenseResult:
         cfg = self.config
         callback = callback or NullCallback()
-        error = None
         t0 = time.perf_counter()
-        try:
-            # CLP only reads parameters, so it works where the model lives; ``device`` is accepted
-            # for the common signature. The trace hooks the caller's model for one forward and
-            # removes its hooks itself.
-            nmap = find_neurons(model, input_shape_of(clean_data), resolve_device(model, None))
-            total = len(nmap.layers)
-            callback.begin(total, {"clp": total})
+        # CLP only reads parameters, so it works where the model lives; ``device`` is accepted
+        # for the common signature. The trace hooks the caller's model for one forward and
+        # removes its hooks itself.
+        nmap = find_neurons(model, input_shape_of(clean_data), resolve_device(model, None))
+        total = len(nmap.layers)
+        with progress(callback, total, {"clp": total}):
             scores, thresholds, refused, pairing = {}, {}, {}, {}
             with torch.no_grad():
                 for i, layer in enumerate(nmap.layers, 1):
@@ -186,11 +184,6 @@ class CLP:
                 raise ValueError(no_layer_message(refused))
             if math.isnan(sum(float(s.sum()) for s in scores.values())):
                 raise ValueError("CLP constants are NaN: the model's weights or BatchNorm statistics contain NaN.")
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            callback.end(error)
         elapsed = time.perf_counter() - t0
         n_pruned = {k: int((scores[k] > thresholds[k]).sum()) for k in scores}
         return DefenseResult(

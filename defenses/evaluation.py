@@ -12,7 +12,7 @@ from dataclasses import dataclass, asdict
 import torch
 from torch import nn
 
-from .base import Callback, NullCallback
+from .base import Callback, NullCallback, progress
 from .data import ArraySplit
 from .neurons import NeuronMap, Pruner, count_selected, selection_by_count, selection_by_threshold, standardize
 from .poisoned import PoisonedSet
@@ -114,9 +114,7 @@ def sweep(model: nn.Module, neuron_map: NeuronMap, scores: dict[str, torch.Tenso
     pruner = Pruner(model, neuron_map, device)
     rows: list[SweepRow] = []
     cache: dict[bytes, dict] = evaluations if evaluations is not None else {}
-    callback.begin(len(values), {"sweep": len(values)})
-    error = None
-    try:
+    with progress(callback, len(values), {"sweep": len(values)}):
         for i, v in enumerate(values, 1):
             sel = select(v)
             key = selection_key(sel)
@@ -125,11 +123,6 @@ def sweep(model: nn.Module, neuron_map: NeuronMap, scores: dict[str, torch.Tenso
             m = cache[key]
             rows.append(SweepRow(float(v), count_selected(sel), m["acc"], m["asr"]))
             callback.step("sweep", i, len(values), {"acc": m["acc"], "asr": m["asr"]})
-    except BaseException as e:
-        error = e
-        raise
-    finally:
-        callback.end(error)
     return rows
 
 

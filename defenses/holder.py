@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from .base import (Callback, ConfigError, DefenseResult, NullCallback, check_clean_data, check_range, log_every,
-                   register, resolve_device)
+                   progress, register, resolve_device)
 from .data import ArraySplit
 from .neurons import NeuronMap, find_neurons, working_copy
 
@@ -278,28 +278,26 @@ class Holder:
     def run(self, model, clean_data: ArraySplit, callback: Callback | None = None, device=None) -> DefenseResult:
         cfg = self.config
         callback = callback or NullCallback()
-        error = None
         t0 = time.perf_counter()
-        try:
-            check_clean_data(clean_data, "Hölder pruning")
-            device = resolve_device(model, device)
-            nmap = find_neurons(model, tuple(clean_data.x.shape[1:]), resolve_device(model, None))
-            layers = head_layers(nmap)
-            data = clean_data
-            if cfg.max_samples is not None and len(data) > cfg.max_samples:
-                gen = torch.Generator().manual_seed(cfg.seed)
-                data = data.subset(torch.randperm(len(data), generator=gen)[:cfg.max_samples].sort().values)
-            net = working_copy(model, device)
-            net.eval()
-            example = data.images(torch.arange(min(2, len(data)))).to(device)
-            acts = find_activations(net, layers, example)
-            phis = {n: (acts[n] if cfg.activation == "post" else None) for n in layers}
-            n_batches = math.ceil(len(data) / cfg.batch_size)
-            stages = ({"radii": n_batches, "constants": n_batches} if cfg.space == "layer"
-                      else {"constants": n_batches * len(layers)})
-            stages["threshold"] = len(layers)
-            total = sum(stages.values())
-            callback.begin(total, stages)
+        check_clean_data(clean_data, "Hölder pruning")
+        device = resolve_device(model, device)
+        nmap = find_neurons(model, tuple(clean_data.x.shape[1:]), resolve_device(model, None))
+        layers = head_layers(nmap)
+        data = clean_data
+        if cfg.max_samples is not None and len(data) > cfg.max_samples:
+            gen = torch.Generator().manual_seed(cfg.seed)
+            data = data.subset(torch.randperm(len(data), generator=gen)[:cfg.max_samples].sort().values)
+        net = working_copy(model, device)
+        net.eval()
+        example = data.images(torch.arange(min(2, len(data)))).to(device)
+        acts = find_activations(net, layers, example)
+        phis = {n: (acts[n] if cfg.activation == "post" else None) for n in layers}
+        n_batches = math.ceil(len(data) / cfg.batch_size)
+        stages = ({"radii": n_batches, "constants": n_batches} if cfg.space == "layer"
+                  else {"constants": n_batches * len(layers)})
+        stages["threshold"] = len(layers)
+        total = sum(stages.values())
+        with progress(callback, total, stages):
             t_score = time.perf_counter()
             if cfg.space == "layer":
                 scores, wins, radii, scale = self._layer_space(net, data, layers, phis, device, callback, total)
@@ -313,11 +311,6 @@ class Holder:
                 thresholds[name] = density[name]["cut"]
                 step += 1
                 callback.step("threshold", step, total, {"cut": thresholds[name]})
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            callback.end(error)
         elapsed = time.perf_counter() - t0
         head = set(layers)
         frozen = not any(p.requires_grad for n, p in model.named_parameters() if n.rsplit(".", 1)[0] not in head

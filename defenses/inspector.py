@@ -186,7 +186,8 @@ def neuron_report(run_dir, layer: str, index: int, evaluate: bool = False, metho
 
     from .evaluation import sweep_scores
     from .neurons import find_neurons
-    from .runs import load_inputs, load_tensors, read_json
+    from .inputs import load_inputs
+    from .runs import load_tensors, read_json
 
     run_dir = Path(run_dir)
     result, config = read_json(run_dir / "result.json"), read_json(run_dir / "config.json")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .anp import restrict
-from .base import Callback, NullCallback
+from .base import Callback, NullCallback, progress
 from .data import ArraySplit
 from .evaluation import SweepRow, sweep
 from .neurons import NeuronMap, find_neurons, masked_forward, working_copy
@@ -64,9 +64,7 @@ def oracle_scores(model, clean: ArraySplit, trigger: Trigger | PoisonedSet, *, l
     logits = {l.name: torch.full((l.size,), 3.0, device=device, requires_grad=True) for l in nmap.layers}
     opt = torch.optim.Adam(list(logits.values()), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    callback.begin(iterations, {"oracle": iterations})
-    error = None
-    try:
+    with progress(callback, iterations, {"oracle": iterations}):
         for it in range(1, iterations + 1):
             x, y = clean.sample(batch_size, gen)
             x, y = x.to(device), y.to(device)
@@ -80,11 +78,6 @@ def oracle_scores(model, clean: ArraySplit, trigger: Trigger | PoisonedSet, *, l
             loss.backward()
             opt.step()
             callback.step("oracle", it, iterations, {"loss": loss.item()})
-    except BaseException as e:
-        error = e
-        raise
-    finally:
-        callback.end(error)
     return {k: torch.sigmoid(v).detach().cpu() for k, v in logits.items()}
 
 

@@ -156,6 +156,6 @@ def run_all(fn: Callable, items: Iterable, *, workers: int | None = None, addres
 
 
 def _sentence(e: BaseException) -> str:
-    from .runs import one_sentence
+    from .worker import one_sentence
 
     return one_sentence(e) if isinstance(e, BaseException) else str(e)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .anp import adversarial_noise
-from .base import Callback, NullCallback, resolve_device
+from .base import Callback, NullCallback, progress, resolve_device
 from .data import ArraySplit
 from .neurons import find_neurons, masked_forward, working_copy
 
@@ -62,9 +62,8 @@ def neuron_noise_curve(model: torch.nn.Module, data: ArraySplit, eps_values=DEFA
     net = working_copy(model, device).train()
     ones = {l.name: torch.ones(l.size, device=device) for l in nmap.layers}
     gen = torch.Generator(device=device).manual_seed(seed)
-    points, error = [], None
-    callback.begin(len(eps_values), {"neuron noise": len(eps_values)})
-    try:
+    points = []
+    with progress(callback, len(eps_values), {"neuron noise": len(eps_values)}):
         for i, eps in enumerate(eps_values, 1):
             wrong, counts = 0, None
             for start in range(0, n, batch_size):
@@ -87,11 +86,6 @@ def neuron_noise_curve(model: torch.nn.Module, data: ArraySplit, eps_values=DEFA
             points.append(NoisePoint(eps, wrong / n, counts.tolist(), top,
                                      float(counts.max()) / wrong if wrong else 0.0, 1 / max(1, len(counts) - 1)))
             callback.step("neuron noise", i, len(eps_values), {"eps": eps, "error": wrong / n})
-    except BaseException as e:
-        error = e
-        raise
-    finally:
-        callback.end(error)
     return points
 
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from .anp import resolve_augment, restrict
 from .base import (Callback, ConfigError, DefenseResult, NullCallback, check_clean_data, check_range, register,
-                   resolve_device)
+                   progress, resolve_device)
 from .data import ArraySplit
 from .neurons import find_neurons, masked_forward, working_copy
 
@@ -119,19 +119,12 @@ class RNP:
         # The unlearning budget is its maximum; if it stops early the bar jumps to the recovery.
         total = per_epoch * (cfg.unlearn_epochs + cfg.recover_epochs)
         gen = torch.Generator().manual_seed(cfg.seed)
-        error = None
-        callback.begin(total, {"unlearn": per_epoch * cfg.unlearn_epochs, "recover": per_epoch * cfg.recover_epochs})
-        try:
+        with progress(callback, total, {"unlearn": per_epoch * cfg.unlearn_epochs, "recover": per_epoch * cfg.recover_epochs}):
             t0 = time.perf_counter()
             unlearned, unlearn_log, reached, steps = self._unlearn(model, clean_data, device, gen, augment, callback, total)
             t1 = time.perf_counter()
             masks, recover_log = self._recover(unlearned, nmap, clean_data, device, gen, augment, callback, total)
             t2 = time.perf_counter()
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            callback.end(error)
         unlearned.eval()
         return DefenseResult(
             defense="rnp", scores={k: v.detach().cpu() for k, v in masks.items()}, suspicious="low",

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import Callback, NullCallback, check_clean_data, check_range, resolve_device
+from .base import Callback, NullCallback, check_clean_data, progress, check_range, resolve_device
 from .data import ArraySplit
 from .neurons import working_copy
 
@@ -132,10 +132,8 @@ class TriggerRecovery:
         total = cfg.steps * len(labels)
         gen = torch.Generator().manual_seed(cfg.seed)
         masks, patterns, l1 = [], [], []
-        error = None
         t0 = time.perf_counter()
-        callback.begin(total, {"trigger recovery": total})
-        try:
+        with progress(callback, total, {"trigger recovery": total}):
             for k, t in enumerate(labels):
                 m_raw = torch.full((1, h, w), -3.0, device=device, requires_grad=True)  # starts small: sigmoid(-3) ~ 0.05
                 p_raw = torch.zeros((c, h, w), device=device, requires_grad=True)
@@ -155,11 +153,6 @@ class TriggerRecovery:
                 masks.append(torch.sigmoid(m_raw).detach().cpu())
                 patterns.append(torch.sigmoid(p_raw).detach().cpu())
                 l1.append(float(masks[-1].sum()))
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            callback.end(error)
         l1_t = torch.tensor(l1)
         anomaly = anomaly_index(l1_t)
         flagged = [labels[i] for i in range(len(labels)) if float(anomaly[i]) > cfg.anomaly_threshold]

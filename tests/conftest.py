@@ -5,6 +5,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # so tests can import the planted-model helpers
+# Two threads: the showcase claims are reproduced bit for bit on two threads (another thread
+# count changes the order of float sums, and so the masks).
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

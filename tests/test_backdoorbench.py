@@ -124,7 +124,7 @@ def test_import_writes_weights_spec_and_the_poisoned_set_and_a_run_measures_asr_
 
     # the run's inputs from the spec alone (a CIFAR-like npz stands in for the CIFAR-10 folder)
     from defenses.cli import build_request, make_parser
-    from defenses.runs import load_inputs
+    from defenses.inputs import load_inputs
 
     args = make_parser().parse_args(["run", "--defense", "clp", "--spec", str(out), "--dataset",
                                      f"npz:{record['root'] / 'cifar_like.npz'}"])

@@ -148,7 +148,7 @@ def test_an_unknown_wrapper_names_its_keys_and_where_the_tensors_are(tmp_path):
 
 
 def test_a_users_class_gets_the_class_count_and_channels(tmp_path):
-    from defenses.runs import load_model
+    from defenses.inputs import load_model
 
     src = tmp_path / "net.py"
     src.write_text(

@@ -11,7 +11,7 @@ from defenses.cli import main
 from defenses.evaluation import evaluate
 from defenses.neurons import find_neurons, prune
 from defenses.normalization import PRESETS, attach, chance_warning, resolve
-from defenses.runs import load_inputs
+from defenses.inputs import load_inputs
 from sample_models import catalog, load_sample
 
 STD = 0.25  # the folded model expects x / 0.25: Normalize(mean=0, std=0.25), exact with zero padding

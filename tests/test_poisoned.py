@@ -10,7 +10,9 @@ from defenses.data import DataError
 from defenses.evaluation import asr_split, evaluate, sweep
 from defenses.neurons import find_neurons
 from defenses.poisoned import PoisonedSet, load_poisoned, triggered_images
-from defenses.runs import RunRequest, create_run, execute, preflight, read_json
+from defenses.inputs import preflight
+from defenses.runs import RunRequest, create_run, read_json
+from defenses.worker import execute
 from planted import build_planted, clean_and_test, stamp
 
 

@@ -8,8 +8,9 @@ import time
 import pytest
 import torch
 
-from defenses.runs import (RunRequest, cancel_run, create_run, execute, list_runs, list_snapshots, load_tensors,
-                           fair_threads, read_events, read_json, read_status, start_run, write_json)
+from defenses.runs import (RunRequest, cancel_run, create_run, list_runs, list_snapshots, load_tensors, read_events,
+                           read_json, read_status, start_run, write_json)
+from defenses.worker import execute, fair_threads
 
 SAMPLE = {"sample": "cnn_blend"}  # the smallest sample keeps these tests quick
 DATA = {"dataset": "mnist5k"}
@@ -137,7 +138,7 @@ def test_a_run_adds_the_oracle_sweep_on_the_defense_s_own_counts(tmp_path):
 
 
 def test_the_oracle_is_refused_without_a_trigger(tmp_path):
-    from defenses.runs import preflight
+    from defenses.inputs import preflight
     from sample_models import HERE, catalog
 
     entry = catalog()["cnn_blend"]

@@ -82,8 +82,7 @@ def register_signal(name: str, title: str, config_cls: type, *, needs_data: bool
 
 
 def all_signals() -> dict[str, SignalInfo]:
-    # Importing the modules fills the registry, in the order a scan runs them (cheap ones first).
-    from . import weights, mmbd, noise, unlearn, cleanse  # noqa: F401
-
-    # a fixed order, whatever order the modules happened to be imported in
+    # The package's __init__ imports every signal module, which fills SIGNALS; importing this module
+    # imports the package first, so the registry is full by the time anyone calls this.
+    # A fixed order, whatever order the modules happened to be imported in
     return {n: SIGNALS[n] for n in sorted(SIGNALS, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))}

@@ -21,7 +21,9 @@ import traceback
 from pathlib import Path
 
 from ..base import NullCallback
-from ..runs import DEFAULT_RUNS_DIR, Cancelled, _alive, load_inputs, one_sentence, read_json, resolve_device_name, write_json
+from ..inputs import load_inputs
+from ..runs import DEFAULT_RUNS_DIR, _alive, read_json, resolve_device_name, write_json
+from ..worker import Cancelled, one_sentence
 from .base import SignalResult
 from .scanner import ScanConfig, Verdict, scan
 

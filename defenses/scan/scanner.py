@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..base import Callback, NullCallback
+from ..base import Callback, NullCallback, progress
 from ..data import ArraySplit, DataError
 from .base import SignalError, SignalResult, all_signals, outlier_scores
 
@@ -132,9 +132,8 @@ computed (a resumed scan), reused as they are; ``on_signal(result)`` is called a
         names = [n for n in names if not registry[n].needs_data]
     num_classes = check_scan_input(model, clean_data, any(registry[n].needs_data for n in names), input_shape)
     t0 = time.perf_counter()
-    results, error = {}, None
-    callback.begin(len(names), {n: 1 for n in names})
-    try:
+    results = {}
+    with progress(callback, len(names), {n: 1 for n in names}):
         for i, n in enumerate(names, 1):
             if previous and n in previous:
                 results[n] = previous[n]
@@ -150,11 +149,6 @@ computed (a resumed scan), reused as they are; ``on_signal(result)`` is called a
             if on_signal is not None:
                 on_signal(results[n])
             callback.step(n, i, len(names), {"score": results[n].score, "seconds": results[n].seconds})
-    except BaseException as e:
-        error = e
-        raise
-    finally:
-        callback.end(error)
     probability, label, conf = combine(results, calibration)
     notes, acc = [], None
     if clean_data is None:

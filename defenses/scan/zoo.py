@@ -24,7 +24,8 @@ import socket
 import time
 from pathlib import Path
 
-from ..runs import DEFAULT_RUNS_DIR, _alive, one_sentence, read_json, write_json
+from ..runs import DEFAULT_RUNS_DIR, _alive, read_json, write_json
+from ..worker import one_sentence
 from .manifest import ZooRow, read_manifest
 from .report import THRESHOLD
 

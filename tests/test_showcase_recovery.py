@@ -1,0 +1,25 @@
+"""The trigger-recovery claim of the samples that record one: Neural Cleanse on RNP's unlearned
+model flags the true target and its trigger flips the original model (docs/recovery.md). Apart from
+test_showcase.py because it is the suite's longest test (about 4.5 minutes on 2 cores): in its own
+file it runs on one worker while the defenses' claims run on the other."""
+import pytest
+
+from sample_models import catalog, recovery_claim
+from sample_models.efficacy import measure_recovery, recovery_meets_bar
+
+RECOVERY = [name for name, e in catalog().items() if recovery_claim(e)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECOVERY)
+def test_trigger_recovered_on_the_unlearned_model_flips_the_original(name, mnist5k):
+    """Neural Cleanse at its defaults (300 steps per label, every label) on RNP's unlearned model,
+    at the settings the catalog records: the true target is flagged and the trigger recovered for
+    it flips at least half of the original model's clean images (bench/recovery.py, docs/recovery.md)."""
+    entry = catalog()[name]
+    recorded = recovery_claim(entry)
+    got = measure_recovery(name, recorded["settings"], mnist5k)
+    assert recovery_meets_bar(entry, got), got
+    assert got["flagged"] == recorded["flagged"], (got, recorded)
+    assert got["asr_original"] == pytest.approx(recorded["asr_original"], abs=0.005), (got, recorded)
+    assert got["anomaly"] == pytest.approx(recorded["anomaly"], abs=0.05), (got, recorded)
