@@ -370,6 +370,39 @@ def points_delta(after, before) -> str | None:
     return "±0.0 pts" if d == 0 else f"{d:+.1f} pts"
 
 
+COSTLY_CUT = 0.05  # clean accuracy a cut may cost (5 points) before the pages say so in a sentence
+
+
+def _rate(v) -> str:
+    return "n/a" if v is None or v != v else f"{100 * v:.1f}%"
+
+
+def cut_cost_warning(baseline_acc, cut: dict | None, rows: list[dict], within: float = COSTLY_CUT) -> str | None:
+    """A sentence when the defense's own cut costs more than ``within`` of clean accuracy (a red
+    delta alone was the only warning when RNP's cut took ACC from 98.3% to 37.7%): it names the
+    swept cut that keeps ACC within ``within`` with the lowest ASR, or says no swept cut does."""
+    if baseline_acc is None or not cut or cut.get("acc") is None or baseline_acc - cut["acc"] <= within:
+        return None
+    head = (f"The defense's own cut prunes {cut['n_pruned']} neurons and costs "
+            f"{100 * (baseline_acc - cut['acc']):.1f} points of clean accuracy")
+    kept = [r for r in rows if r.get("acc") is not None and r["n_pruned"] > 0 and baseline_acc - r["acc"] <= within]
+    if kept:
+        best = min(kept, key=lambda r: (r["asr"] if r.get("asr") is not None and r["asr"] == r["asr"] else 2.0,
+                                        -r["acc"]))
+        return (head + f": threshold {best['threshold']:g} prunes {best['n_pruned']} and keeps ACC "
+                f"{_rate(best['acc'])} (ASR {_rate(best.get('asr'))}), so choose it on Explore rather than the own cut.")
+    fewest = min((r for r in rows if r.get("acc") is not None), key=lambda r: r["n_pruned"], default=None)
+    low = (f" (the fewest neurons swept, {fewest['n_pruned']}, already leave ACC {_rate(fewest['acc'])})"
+           if fewest else "")
+    return (head + f", and no swept cut keeps ACC within {100 * within:.0f} points{low}: run the defense again "
+            "with gentler settings, such as the Defend page's demo budget.")
+
+
+def sweep_rows(run_dir: Path) -> list[dict]:
+    """The finished run's sweep by threshold (empty before it is written)."""
+    return (read_json(Path(run_dir) / "sweep.json", {}) or {}).get("threshold", [])
+
+
 def cached_effects(run_dir: Path) -> dict:
     """The neuron inspector's prune/keep evaluations already made for this run (run folder)."""
     return read_json(Path(run_dir) / "inspect" / "effects.json", {}) or {}

@@ -112,6 +112,39 @@ def test_explore_sidebar_names_the_run_shown(two_runs):
     assert any(CLP_RUN in c.value for c in at.sidebar.caption)
 
 
+ROWS = [{"threshold": 0.1, "n_pruned": 3, "acc": 0.97, "asr": 0.40},
+        {"threshold": 0.2, "n_pruned": 9, "acc": 0.95, "asr": 0.05},
+        {"threshold": 0.5, "n_pruned": 62, "acc": 0.377, "asr": 0.0}]
+
+
+def test_a_costly_own_cut_gets_a_sentence_naming_the_cut_that_keeps_accuracy():
+    cut = {"n_pruned": 62, "acc": 0.377, "asr": 0.0}
+    assert rundata.cut_cost_warning(0.983, {**cut, "acc": 0.95}, ROWS) is None  # 3.3 points: no warning
+    msg = rundata.cut_cost_warning(0.983, cut, ROWS)
+    assert msg == ("The defense's own cut prunes 62 neurons and costs 60.6 points of clean accuracy: threshold 0.2 "
+                   "prunes 9 and keeps ACC 95.0% (ASR 5.0%), so choose it on Explore rather than the own cut.")
+    assert one_sentence(msg)
+    # the RNP case of the tour: the lowest sweep point already costs too much
+    msg = rundata.cut_cost_warning(0.983, cut, [{**ROWS[2], "n_pruned": 37, "acc": 0.84}, ROWS[2]])
+    assert "no swept cut keeps ACC within 5 points (the fewest neurons swept, 37, already leave ACC 84.0%)" in msg
+    assert one_sentence(msg)
+
+
+def test_explore_warns_when_the_own_cut_costs_accuracy(runs):
+    make_run(runs, ANP_RUN)
+    make_run(runs, CLP_RUN, defense="clp", suspicious="high", triggers=False)
+    result = json.loads((runs / ANP_RUN / "result.json").read_text())
+    result["default"]["acc"] = 0.5  # the own cut of this run costs 49 points
+    (runs / ANP_RUN / "result.json").write_text(json.dumps(result))
+    at = app().run()
+    at.switch_page("views/explore.py").run()
+    at.selectbox(key="explore_run").set_value(CLP_RUN).run()
+    assert not [w for w in at.warning if "points of clean accuracy" in w.value]  # a cheap own cut: no sentence
+    at.selectbox(key="explore_run").set_value(ANP_RUN).run()
+    warned = [w.value for w in at.warning if "points of clean accuracy" in w.value]
+    assert warned and "choose it on Explore" in warned[0], [w.value for w in at.warning]
+
+
 # ---------------------------------------------------------------- the Defend page
 
 

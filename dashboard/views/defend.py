@@ -6,7 +6,7 @@ from dashboard import cache, figures
 from dashboard.common import RECOVERED_ON, USER_ERRORS, current_choice, fmt_rate, page_link, show_error
 from dashboard.config_form import below_paper, paper_defaults, render, widget_key
 from dashboard.liveview import finished_cut, live_score_label, live_view, status_line
-from dashboard.rundata import describe_run, run_path, runs_dir
+from dashboard.rundata import cut_cost_warning, describe_run, run_path, runs_dir, sweep_rows
 from dashboard.scanview import defend_hint
 from defenses.base import all_defenses, config_from_dict
 from defenses.labels import describe_settings
@@ -170,6 +170,9 @@ def draw(run_id: str) -> bool:
             b4.metric("ASR, own cut", fmt_rate(cut["asr"]), help=f"At the defense's own cut: {cut['n_pruned']} neurons pruned.")
     if cut:
         st.caption(f"The defense's own cut prunes {cut['n_pruned']} neurons; every other cut is on Explore.")
+        costly = cut_cost_warning((view.baseline or {}).get("acc"), cut, sweep_rows(run_dir))
+        if costly:
+            st.warning(costly, icon=":material/content_cut:")
         page_link("views/explore.py", "Explore it →", ":material/query_stats:")
     loss = figures.loss_curve(view.defense_steps)
     snaps = {}

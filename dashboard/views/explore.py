@@ -80,6 +80,9 @@ d = res.get("default", {})
 near_chance = chance_warning(base.get("acc", 1.0), res.get("num_classes") or 0)
 if near_chance:
     st.warning(near_chance, icon=":material/warning:")
+costly = rundata.cut_cost_warning(base.get("acc"), d, run.rows)
+if costly:
+    st.warning(costly, icon=":material/content_cut:")
 st.caption(f"The defense's own cut prunes {d.get('n_pruned')} neurons: ACC {fmt_rate(d.get('acc'))}, "
            f"ASR {fmt_rate(d.get('asr'))}; before pruning ACC {fmt_rate(base.get('acc'))}, "
            f"ASR {fmt_rate(base.get('asr'))}.")
