@@ -65,7 +65,7 @@ def contract_on(device: str) -> str:
 
 
 def worker_run(work: Path, npz: Path, ckpt: Path, device: str) -> str:
-    from defenses.runs import RunRequest, read_json, read_status, start_run
+    from defenses.runs import RunRequest, cancel_run, read_json, read_status, start_run
 
     req = RunRequest(defense="anp", params={"iterations": 200}, device=device, recover_triggers=False,
                      model={"architecture": "preact_resnet18", "checkpoint": str(ckpt), "arch_kwargs": {}},
@@ -75,6 +75,8 @@ def worker_run(work: Path, npz: Path, ckpt: Path, device: str) -> str:
     while read_status(d).get("state") not in ("done", "failed", "cancelled") and time.time() - t0 < 240:
         time.sleep(1)
     st = read_status(d)
+    if cancel_run(d):  # still going after 4 minutes: stop it, or it competes with the timings below
+        st = {**st, "state": f"{st.get('state')} (cancelled after 240 s)"}
     res = read_json(d / "result.json") or {}
     line = f"worker run (ANP, 200 iterations, PreAct-ResNet-18, device {device}): {st.get('state')} in {time.time() - t0:.0f} s"
     if st.get("error"):
