@@ -17,7 +17,9 @@ except ImportError:  # running from a checkout that was not pip-installed
 
 from dashboard.common import APP_TITLE, keep_choice_in_url, sidebar
 
-st.set_page_config(page_title=APP_TITLE, page_icon=":material/content_cut:", layout="wide")
+# A local image: a Material icon or an emoji as page_icon makes the browser fetch it from a CDN,
+# which fails offline (and the dashboard must work without the internet).
+st.set_page_config(page_title=APP_TITLE, page_icon=str(Path(__file__).resolve().parent / "icon.png"), layout="wide")
 
 pages = [
     st.Page("views/model.py", title="Model", icon=":material/memory:", default=True),

@@ -373,6 +373,11 @@ def points_delta(after, before) -> str | None:
 COSTLY_CUT = 0.05  # clean accuracy a cut may cost (5 points) before the pages say so in a sentence
 
 
+def neurons(n) -> str:
+    """'1 neuron', '3 neurons' (a student reads "prunes 1 neurons" as a bug)."""
+    return f"{n} neuron" if n == 1 else f"{n} neurons"
+
+
 def _rate(v) -> str:
     return "n/a" if v is None or v != v else f"{100 * v:.1f}%"
 
@@ -383,7 +388,7 @@ def cut_cost_warning(baseline_acc, cut: dict | None, rows: list[dict], within: f
     swept cut that keeps ACC within ``within`` with the lowest ASR, or says no swept cut does."""
     if baseline_acc is None or not cut or cut.get("acc") is None or baseline_acc - cut["acc"] <= within:
         return None
-    head = (f"The defense's own cut prunes {cut['n_pruned']} neurons and costs "
+    head = (f"The defense's own cut prunes {neurons(cut['n_pruned'])} and costs "
             f"{100 * (baseline_acc - cut['acc']):.1f} points of clean accuracy")
     kept = [r for r in rows if r.get("acc") is not None and r["n_pruned"] > 0 and baseline_acc - r["acc"] <= within]
     if kept:

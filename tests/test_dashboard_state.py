@@ -124,6 +124,8 @@ def test_a_costly_own_cut_gets_a_sentence_naming_the_cut_that_keeps_accuracy():
     assert msg == ("The defense's own cut prunes 62 neurons and costs 60.6 points of clean accuracy: threshold 0.2 "
                    "prunes 9 and keeps ACC 95.0% (ASR 5.0%), so choose it on Explore rather than the own cut.")
     assert one_sentence(msg)
+    assert rundata.cut_cost_warning(0.983, {**cut, "n_pruned": 1}, ROWS).startswith(
+        "The defense's own cut prunes 1 neuron and costs")  # not "1 neurons"
     # the RNP case of the tour: the lowest sweep point already costs too much
     msg = rundata.cut_cost_warning(0.983, cut, [{**ROWS[2], "n_pruned": 37, "acc": 0.84}, ROWS[2]])
     assert "no swept cut keeps ACC within 5 points (the fewest neurons swept, 37, already leave ACC 84.0%)" in msg

@@ -6,7 +6,7 @@ from dashboard import cache, figures
 from dashboard.common import RECOVERED_ON, USER_ERRORS, current_choice, fmt_rate, page_link, show_error
 from dashboard.config_form import below_paper, paper_defaults, render, widget_key
 from dashboard.liveview import finished_cut, live_score_label, live_view, status_line
-from dashboard.rundata import cut_cost_warning, describe_run, run_path, runs_dir, sweep_rows
+from dashboard.rundata import cut_cost_warning, describe_run, neurons, run_path, runs_dir, sweep_rows
 from dashboard.scanview import defend_hint
 from defenses.base import all_defenses, config_from_dict
 from defenses.labels import describe_settings
@@ -166,10 +166,10 @@ def draw(run_id: str) -> bool:
             b1.metric("Baseline ACC", fmt_rate(view.baseline["acc"]))
             b2.metric("Baseline ASR", fmt_rate(view.baseline["asr"]))
         if cut:
-            b3.metric("ACC, own cut", fmt_rate(cut["acc"]), help=f"At the defense's own cut: {cut['n_pruned']} neurons pruned.")
-            b4.metric("ASR, own cut", fmt_rate(cut["asr"]), help=f"At the defense's own cut: {cut['n_pruned']} neurons pruned.")
+            b3.metric("ACC, own cut", fmt_rate(cut["acc"]), help=f"At the defense's own cut: {neurons(cut['n_pruned'])} pruned.")
+            b4.metric("ASR, own cut", fmt_rate(cut["asr"]), help=f"At the defense's own cut: {neurons(cut['n_pruned'])} pruned.")
     if cut:
-        st.caption(f"The defense's own cut prunes {cut['n_pruned']} neurons; every other cut is on Explore.")
+        st.caption(f"The defense's own cut prunes {neurons(cut['n_pruned'])}; every other cut is on Explore.")
         costly = cut_cost_warning((view.baseline or {}).get("acc"), cut, sweep_rows(run_dir))
         if costly:
             st.warning(costly, icon=":material/content_cut:")

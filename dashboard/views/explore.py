@@ -83,7 +83,7 @@ if near_chance:
 costly = rundata.cut_cost_warning(base.get("acc"), d, run.rows)
 if costly:
     st.warning(costly, icon=":material/content_cut:")
-st.caption(f"The defense's own cut prunes {d.get('n_pruned')} neurons: ACC {fmt_rate(d.get('acc'))}, "
+st.caption(f"The defense's own cut prunes {rundata.neurons(d.get('n_pruned'))}: ACC {fmt_rate(d.get('acc'))}, "
            f"ASR {fmt_rate(d.get('asr'))}; before pruning ACC {fmt_rate(base.get('acc'))}, "
            f"ASR {fmt_rate(base.get('asr'))}.")
 
@@ -121,7 +121,7 @@ def _sweep_tab():
             {"label": "oracle (knows the trigger)", "rows": run.oracle["rows"]}]), key="oracle_chart")
         st.caption("The oracle learns, knowing the trigger, which neurons the backdoor needs and the clean task can "
                    "spare: no pruning defense can do much better than its curve. " +
-                   (f"It brings ASR under 5% with {cut['n_pruned']} neurons, at ACC {fmt_rate(cut['acc'])}."
+                   (f"It brings ASR under 5% with {rundata.neurons(cut['n_pruned'])}, at ACC {fmt_rate(cut['acc'])}."
                     if cut else "No count in its sweep brings ASR under 5%: this backdoor resists pruning.") +
                    _oracle_overlap(run, threshold) +
                    (" With a poisoned test set it learns on one half of its images and its ASR is measured on the "
@@ -165,7 +165,7 @@ def _aids_tab():
         st.plotly_chart(figures.acc_budget_figure(run.rows, base.get("acc", 1.0), budget,
                                                   cut["threshold"] if cut else None, units_name), key="budget_chart")
         if cut:
-            st.button(f"Use {cut['threshold']:g} ({cut['n_pruned']} neurons, ACC {fmt_rate(cut['acc'])})",
+            st.button(f"Use {cut['threshold']:g} ({rundata.neurons(cut['n_pruned'])}, ACC {fmt_rate(cut['acc'])})",
                       key="use_budget", on_click=_set_threshold, args=(cut["threshold"],))
     with a2:
         values = rundata.sorted_suspicious(run)
@@ -175,15 +175,15 @@ def _aids_tab():
         for label, idx, key in (("largest gap", gap, "use_gap"), ("knee", kn, "use_knee")):
             if idx is not None:
                 t = rundata.cut_for_count(values, idx + 1, run.suspicious)
-                st.button(f"Use the {label}: prune {idx + 1} neurons (threshold ≈ {t:.3g})", key=key,
+                st.button(f"Use the {label}: prune {rundata.neurons(idx + 1)} (threshold ≈ {t:.3g})", key=key,
                           on_click=_set_threshold, args=(t,))
     u = st.number_input("CLP's u rule: flag neurons more than u std-devs from their layer's mean", 0.0, 10.0, 3.0,
                         0.5, key="u_rule")
     n_u = rundata.u_rule_count(run, u)
     if run.suspicious == "high":
-        st.button(f"Use u = {u:g} ({n_u} neurons)", key="use_u", on_click=_set_threshold, args=(u,))
+        st.button(f"Use u = {u:g} ({rundata.neurons(n_u)})", key="use_u", on_click=_set_threshold, args=(u,))
     else:
-        st.caption(f"The u rule flags {n_u} neurons whose mask is more than {u:g} std-devs below their layer's mean "
+        st.caption(f"The u rule flags {rundata.neurons(n_u)} whose mask is more than {u:g} std-devs below their layer's mean "
                    "(masks share one scale, so the sweep itself cuts one global threshold).")
     aid = rundata.rnp_aid(run)
     if aid:
