@@ -13,7 +13,7 @@ import streamlit as st
 from sample_models import catalog
 
 from .modelsetup import USER_ERRORS, user_message
-from .rundata import runs_dir
+from .rundata import fmt_rate, runs_dir
 
 APP_TITLE = "prunescope"
 TAGLINE = "Neuron-pruning defenses against backdoors, live"
@@ -108,10 +108,6 @@ def saved_threshold(run_id: str):
 
 def save_threshold(run_id: str, value: float) -> None:
     st.session_state.setdefault("thresholds", {})[run_id] = value
-
-
-def fmt_rate(v) -> str:
-    return "n/a" if v is None or v != v else f"{100 * v:.1f}%"
 
 
 def sidebar() -> None:

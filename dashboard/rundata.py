@@ -378,7 +378,8 @@ def neurons(n) -> str:
     return f"{n} neuron" if n == 1 else f"{n} neurons"
 
 
-def _rate(v) -> str:
+def fmt_rate(v) -> str:
+    """A rate as a percentage, 'n/a' when unknown (None or NaN)."""
     return "n/a" if v is None or v != v else f"{100 * v:.1f}%"
 
 
@@ -395,9 +396,9 @@ def cut_cost_warning(baseline_acc, cut: dict | None, rows: list[dict], within: f
         best = min(kept, key=lambda r: (r["asr"] if r.get("asr") is not None and r["asr"] == r["asr"] else 2.0,
                                         -r["acc"]))
         return (head + f": threshold {best['threshold']:g} prunes {best['n_pruned']} and keeps ACC "
-                f"{_rate(best['acc'])} (ASR {_rate(best.get('asr'))}), so choose it on Explore rather than the own cut.")
+                f"{fmt_rate(best['acc'])} (ASR {fmt_rate(best.get('asr'))}), so choose it on Explore rather than the own cut.")
     fewest = min((r for r in rows if r.get("acc") is not None), key=lambda r: r["n_pruned"], default=None)
-    low = (f" (the fewest neurons swept, {fewest['n_pruned']}, already leave ACC {_rate(fewest['acc'])})"
+    low = (f" (the fewest neurons swept, {fewest['n_pruned']}, already leave ACC {fmt_rate(fewest['acc'])})"
            if fewest else "")
     return (head + f", and no swept cut keeps ACC within {100 * within:.0f} points{low}: run the defense again "
             "with gentler settings, such as the Defend page's demo budget.")
