@@ -33,13 +33,15 @@ pages = [
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
 ]
 page = st.navigation(pages)
-# Drawn after the page, into a place kept for it: the page may change the model or the run
-# (the Model page's choice, Explore's run), and a sidebar drawn first would name the previous one.
-# ``finally``: a page that stops early (st.stop) still gets its sidebar.
-slot = st.sidebar.container()
-try:
-    page.run()
-finally:
-    with slot:
-        sidebar()
-    keep_choice_in_url()
+# The sidebar is drawn before the page and again after it, into the same place: the page may change
+# the model or the run (the Model page's choice, Explore's run), and a sidebar drawn only first would
+# name the previous one; one drawn only after would be lost on pages that st.stop() (Streamlit stops
+# at the next element, so a ``finally`` cannot draw it).
+slot = st.sidebar.empty()
+with slot.container():
+    sidebar()
+keep_choice_in_url(page.title.lower())
+page.run()
+with slot.container():
+    sidebar()
+keep_choice_in_url(page.title.lower())

@@ -209,6 +209,18 @@ def preflight_message(request_key: str) -> str | None:
     return None
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def run_estimate(request_key: str) -> list[dict]:
+    """Each stage of the run and its measured seconds (defenses.estimate: a few steps of each stage
+    on this model and machine), once per request."""
+    from dataclasses import asdict
+
+    from defenses.estimate import estimate
+    from defenses.runs import RunRequest
+
+    return [asdict(s) for s in estimate(RunRequest(**json.loads(request_key)))]
+
+
 def request_key(request) -> str:
     return _key(request.to_dict())
 

@@ -12,6 +12,7 @@ import streamlit as st
 
 from sample_models import catalog
 
+from . import choices
 from .modelsetup import USER_ERRORS, user_message
 from .rundata import fmt_rate, runs_dir
 
@@ -42,23 +43,51 @@ def sample_choice(name: str, clean_count: int = 500) -> dict:
 
 
 def current_choice() -> dict | None:
+    """The model new runs are on: the session's choice; in a new session (a reload, a link) the own
+    model or sample its URL names, else the last one chosen (kept on disk), else the default."""
     choice = st.session_state.get("choice")
-    if choice is None:  # a new session: the sample in the URL (a reload or a link), else the default
+    if choice is None:
         wanted = st.query_params.get("sample")
-        name = wanted if wanted in catalog() else default_sample()
-        choice = sample_choice(name) if name else None
+        choice = (choices.recall(st.query_params.get("model", ""), runs_dir())
+                  or (sample_choice(wanted) if wanted in catalog() else None)
+                  or choices.last(runs_dir()))
+        if choice and "sample" in choice["model"] and choice["model"]["sample"] not in catalog():
+            choice = None  # the last sample chosen was removed from the catalog
+        if choice is None:
+            name = default_sample()
+            choice = sample_choice(name) if name else None
+        if choice is not None:
+            st.session_state["choice"] = choice
     return choice
 
 
-def keep_choice_in_url() -> None:
-    """Write the chosen sample into every page's URL: Streamlit clears query parameters on a page
-    switch, and a reload must not fall back to the default sample."""
-    choice = current_choice()
-    sample = (choice or {}).get("model", {}).get("sample")
-    if sample:
-        st.query_params["sample"] = sample
-    elif "sample" in st.query_params:  # one's own weights: a reload must not bring a sample back
-        del st.query_params["sample"]
+def set_choice(new: dict) -> str | None:
+    """Make ``new`` the model new runs are on, kept on disk for a reload. Returns the label of the
+    model it replaced when what is measured changed (another model, data or trigger), else None."""
+    old = st.session_state.get("choice")
+    same = old is not None and {k: v for k, v in old.items() if k != "key"} == {k: v for k, v in new.items() if k != "key"}
+    if same:
+        return None
+    st.session_state["choice"] = choices.remember(new, runs_dir())
+    return old["label"] if old else None
+
+
+# The pages whose work is on the chosen model; the others show a run, and their URL names that run
+# (a model there would read as the model of the run shown).
+CHOICE_PAGES = ("model", "scan", "defend")
+
+
+def keep_choice_in_url(page: str = "model") -> None:
+    """Write the chosen model into the URL of the pages that work on it: Streamlit clears query
+    parameters on a page switch, and a reload or a shared link must open the same model."""
+    choice = current_choice() if page in CHOICE_PAGES else None
+    model = (choice or {}).get("model", {})
+    want = {"sample": model.get("sample"), "model": None if model.get("sample") else (choice or {}).get("key")}
+    for name, value in want.items():
+        if value:
+            st.query_params[name] = value
+        elif name in st.query_params:
+            del st.query_params[name]
 
 
 def pick_finished_run(key: str):
@@ -123,4 +152,4 @@ def sidebar() -> None:
 
 
 __all__ = ["USER_ERRORS", "APP_TITLE", "TAGLINE", "current_choice", "default_sample", "fmt_rate", "keep_choice_in_url",
-           "page_link", "pick_finished_run", "sample_choice", "save_threshold", "saved_threshold", "show_error", "sidebar"]
+           "page_link", "pick_finished_run", "sample_choice", "save_threshold", "set_choice", "saved_threshold", "show_error", "sidebar"]

@@ -94,6 +94,8 @@ def status_line(view: LiveView) -> str:
     if view.state != "running":
         return view.state
     doing = view.step_stage if view.total else STAGE_WORDS.get(view.stage, view.stage)
+    if view.step_stage == "sweep" and view.total:  # the wait after a fast defense (CLP) is this: say what it is
+        doing = "sweeping the cut (ACC and ASR of the pruned model, one pass over the test split per cut)"
     eta = f" · about {fmt_duration(view.eta_s)} left in this stage" if view.eta_s is not None else ""
     return f"running · {doing}" + (f" {view.step}/{view.total}" if view.total else "") + eta
 

@@ -6,12 +6,14 @@ exception whose message is one sentence for the user (see :func:`user_message`).
 Security: uploaded bytes are only ever read by ``defenses.checkpoints.load_state_dict`` (safetensors,
 or ``torch.load(weights_only=True)``), so nothing in a file is executed; there is deliberately no
 option to trust pickles. A valid upload is re-saved as safetensors under
-``<runs_dir>/uploads/<sha256>.safetensors`` and the run refers to it by path.
+``<runs_dir>/uploads/<sha256, 16 digits>/<the file's own name>.safetensors`` and the run refers to it
+by path: titles and run ids show the user's name for it, the folder its identity.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,12 @@ class Upload:
         return f"{self.tensors} tensors, {self.parameters:,} numbers, {human_size(self.size)} (sha256 {self.sha256[:12]}…)"
 
 
+def safe_stem(name: str) -> str:
+    """The file's name without its extension, as a file name and a run id can hold it."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._") or "model"
+    return stem[:48]
+
+
 def accept_upload(data: bytes, filename: str, runs_dir: str | Path, max_bytes: int) -> Upload:
     """Check an uploaded checkpoint and store it re-saved as safetensors; raises UploadError or
     CheckpointError with one sentence. Nothing in the file is executed."""
@@ -78,12 +86,23 @@ def accept_upload(data: bytes, filename: str, runs_dir: str | Path, max_bytes: i
         raise CheckpointError(str(e).replace("the upload", name, 1)) from None
     check_finite(state, name)
     digest = hashlib.sha256(data).hexdigest()
-    folder = Path(runs_dir) / "uploads"
+    folder = Path(runs_dir) / "uploads" / digest[:16]
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}.safetensors"
+    path = folder / f"{safe_stem(name)}.safetensors"
     if not path.exists():
         save_safetensors(state, str(path), metadata={"original_name": name})
     return Upload(path.resolve(), digest, len(state), sum(int(v.numel()) for v in state.values()), len(data))
+
+
+def stored_upload(path: str | Path, runs_dir: str | Path) -> Upload | None:
+    """The Upload for weights already stored under ``<runs_dir>/uploads/<hash>/`` (the model in use,
+    shown in the form), or None for any other path; stored once, not again under a new hash (the
+    re-saved safetensors' bytes differ from the upload's)."""
+    path = Path(path).resolve()
+    if path.parent.parent != (Path(runs_dir) / "uploads").resolve() or not path.is_file():
+        return None
+    state = load_state_dict(str(path))
+    return Upload(path, path.parent.name, len(state), sum(int(v.numel()) for v in state.values()), path.stat().st_size)
 
 
 def accept_poisoned_upload(data: bytes, filename: str, runs_dir: str | Path, max_bytes: int) -> Path:

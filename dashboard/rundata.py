@@ -42,6 +42,15 @@ def model_label(config: dict) -> str:
     return f"{m.get('architecture', '?')} · {Path(str(m.get('checkpoint', '?'))).name}"
 
 
+def short_run(run_id: str) -> str:
+    """``12-05 08:19 · 9744`` for ``20261205-081921-rnp-mine-9744``: a table column that leaves room
+    for the numbers (a whole run id took a 1000 px wide table's width)."""
+    parts = run_id.split("-")
+    if len(parts) >= 4 and len(parts[0]) == 8 and len(parts[1]) == 6 and parts[0].isdigit():
+        return f"{parts[0][4:6]}-{parts[0][6:]} {parts[1][:2]}:{parts[1][2:4]} · {parts[-1]}"
+    return run_id
+
+
 def describe_run(run: dict, state: bool = True) -> str:
     """A run for a picker; ``state=False`` where the picker is not redrawn as the run moves on
     (the Defend page shows the live state beside it)."""

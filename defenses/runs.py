@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -136,7 +137,9 @@ def create_run(request: RunRequest, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> 
     check_range("oracle_iterations", request.oracle_iterations, 1, 1_000_000, integer=True)
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
+    # the sample's or the file's own name, cut short: a run id is read in pickers and typed in commands
     model_label = request.model.get("sample") or Path(str(request.model.get("checkpoint", "model"))).stem
+    model_label = re.sub(r"[^A-Za-z0-9_-]+", "_", model_label).strip("_")[:24] or "model"
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{request.defense}-{model_label}-{secrets.token_hex(2)}"
     run_dir = runs_dir / run_id
     (run_dir / "snapshots").mkdir(parents=True)

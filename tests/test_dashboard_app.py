@@ -24,7 +24,7 @@ from dashboard import rundata
 from dashboard.modelsetup import UploadError, accept_upload, check_choice, user_message
 from defenses.checkpoints import CheckpointError, safetensors_bytes
 from defenses.models import build_model
-from defenses.runs import RunRequest, read_status, save_tensors, write_json
+from defenses.runs import RunRequest, create_run, read_status, save_tensors, write_json
 from defenses.trigger_recovery import RecoveredTriggers, save_recovery
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
@@ -440,16 +440,19 @@ def test_nan_weights_and_size_cap_and_wrong_extension(tmp_path):
     assert "not a weights file" in refused(b"abc", "notes.txt", tmp_path)
 
 
-def test_valid_upload_is_stored_as_safetensors_by_hash(tmp_path):
+def test_valid_upload_is_stored_as_safetensors_under_its_name_in_a_folder_named_by_hash(tmp_path):
     buf = io.BytesIO()
     torch.save(cnn_state(), buf)
-    up = accept_upload(buf.getvalue(), "good.pt", tmp_path, 200 * MB)
-    assert up.path.parent == (tmp_path / "uploads").resolve() and up.path.suffix == ".safetensors"
-    assert up.path.stem == up.sha256 and up.tensors == len(cnn_state())
+    up = accept_upload(buf.getvalue(), "my good model!.pt", tmp_path, 200 * MB)
+    assert up.path.parent == (tmp_path / "uploads" / up.sha256[:16]).resolve() and up.path.suffix == ".safetensors"
+    assert up.path.stem == "my_good_model" and up.tensors == len(cnn_state())
     spec = {"architecture": "cnn", "checkpoint": str(up.path), "arch_kwargs": {}, "num_classes": None,
             "input_shape": None}
     model, bundle, trigger, title = check_choice(spec, SAMPLE_DATA, None)
-    assert bundle.num_classes == 10 and trigger is None and "good" not in title  # referred to by hash
+    assert bundle.num_classes == 10 and trigger is None and title == "cnn from my_good_model.safetensors"
+    # the run id carries the user's name for it, not the hash
+    run = create_run(RunRequest(defense="clp", params={}, model=spec, data=SAMPLE_DATA), tmp_path / "runs")
+    assert "-clp-my_good_model-" in run.name and up.sha256[:8] not in run.name and len(run.name) < 50
 
 
 def choice_error(tmp_path, state, **spec) -> str:
@@ -500,10 +503,65 @@ def test_good_upload_in_the_page_becomes_the_choice(runs):
     assert not at.error, [e.value for e in at.error]
     choice = at.session_state["choice"]
     assert choice["model"]["architecture"] == "cnn" and choice["model"]["input_shape"] == [1, 28, 28]
-    assert Path(choice["model"]["checkpoint"]).parent == (runs / "uploads").resolve()
+    assert Path(choice["model"]["checkpoint"]).parent.parent == (runs / "uploads").resolve()
+    assert choice["label"] == "cnn · mine.pt · 4 px patch bottom right, target 0"
     assert choice["trigger"]["kind"] == "badnets"
     # a valid request for the engine (not started: no training here)
     RunRequest(defense="clp", params={}, model=choice["model"], data=choice["data"], trigger=choice["trigger"])
+
+
+def test_own_model_is_kept_by_the_form_across_pages_and_by_disk_across_reloads(runs):
+    """The tour's finding: a page switch emptied the form, and checking it again silently dropped the
+    trigger; a reload went back to the showcase sample."""
+    buf = io.BytesIO()
+    torch.save(build_model("cnn", 10, 1, 28, width=16, hidden=64).state_dict(), buf)
+    at = app().run()
+    at.radio(key="model_source").set_value("Your own weights").run()
+    at.file_uploader(key="upload").set_value(("narrow.pt", buf.getvalue(), "application/octet-stream")).run()
+    at.text_input(key="arch_kwargs").set_value('{"width": 16, "hidden": 64}').run()
+    at.radio(key="trigger_kind").set_value("badnets").run()
+    at.button(key="use_own").click().run()
+    no_exception(at, "model")
+    chosen = at.session_state["choice"]
+    assert chosen["label"] == "cnn · narrow.pt · 4 px patch bottom right, target 0", chosen["label"]
+    assert any("Now measuring" in s.value and "instead of" in s.value for s in at.success)
+    assert at.query_params["model"] == chosen["key"] and "sample" not in at.query_params
+
+    at.switch_page("views/defend.py").run()
+    assert chosen["label"] in " ".join(c.value for c in at.sidebar.caption)
+    at.switch_page("views/model.py").run()
+    no_exception(at, "model")
+    assert at.radio(key="model_source").value == "Your own weights"
+    assert at.text_input(key="weights_path").value == chosen["model"]["checkpoint"]  # the weights in use
+    assert json.loads(at.text_input(key="arch_kwargs").value) == {"width": 16, "hidden": 64}
+    assert at.radio(key="trigger_kind").value == "badnets" and at.number_input(key="trigger_size").value == 4
+    at.button(key="use_own").click().run()  # checking the shown form again measures the same thing
+    no_exception(at, "model")
+    assert not at.error and at.session_state["choice"] == chosen
+    assert any("nothing changed" in s.value for s in at.success)
+
+    at.radio(key="trigger_kind").set_value("unknown").run()  # a change of what is measured is said
+    at.button(key="use_own").click().run()
+    now = at.session_state["choice"]
+    assert now["trigger"] is None and now["label"] == "cnn · narrow.pt · trigger unknown"
+    assert any(f"instead of {chosen['label']}" in s.value for s in at.success)
+    assert metric(at, "Attack success rate (ASR)") == "n/a"
+    assert now["label"] in " ".join(c.value for c in at.sidebar.caption)
+
+    reload = app()  # a reload: a new session with the page's URL
+    reload.query_params["model"] = chosen["key"]
+    reload.run()
+    assert reload.session_state["choice"]["label"] == chosen["label"]
+    fresh = app().run()  # a link without a model: the last one chosen, kept on disk
+    assert fresh.session_state["choice"]["label"] == now["label"]
+    fresh.radio(key="model_source").set_value("Your own weights").run()
+    assert sorted(fresh.selectbox(key="used_before").options) == sorted([chosen["label"], now["label"]])
+    fresh.selectbox(key="used_before").set_value(chosen["label"]).run()
+    fresh.button(key="use_again").click().run()
+    assert fresh.session_state["choice"]["trigger"] == chosen["trigger"]
+    assert fresh.radio(key="trigger_kind").value == "badnets"  # the form follows the model taken again
+    from dashboard import choices
+    assert choices.recall("../../etc", runs) is None and choices.recall(chosen["key"], runs)["label"] == chosen["label"]
 
 
 def test_neuron_noise_check_on_the_model_page_names_the_target(runs):

@@ -217,6 +217,8 @@ def test_status_line_is_one_word_and_what_the_run_does():
     assert liveview.status_line(liveview.LiveView("queued", None, "queued", "", 0, 0)) == "queued"
     assert liveview.status_line(liveview.LiveView("running", None, "loading", "", 0, 0)) == \
         "running · loading the model and data"
+    sweeping = liveview.status_line(liveview.LiveView("running", None, "sweep", "sweep", 3, 20))
+    assert sweeping.startswith("running · sweeping the cut (ACC and ASR") and sweeping.endswith("3/20")
 
 
 def test_the_status_line_estimates_the_time_left_after_a_few_steps():

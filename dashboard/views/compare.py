@@ -38,12 +38,13 @@ for run_id in chosen:
         with_oracle = True
     b, d = run.result.get("baseline", {}), run.result.get("default", {})
     thr = run.result.get("threshold")
-    table.append({"run": run_id, "defense": run.defense,
+    table.append({"defense": run.defense,
                   "default cut": f"{thr:g}" if isinstance(thr, (int, float)) else "per layer",  # one type per column (Arrow)
                   "neurons pruned": d.get("n_pruned"), "ACC before": fmt_rate(b.get("acc")),
                   "ACC after": fmt_rate(d.get("acc")), "ASR before": fmt_rate(b.get("asr")),
                   "ASR after": fmt_rate(d.get("asr")),
-                  "time (s)": round(run.result.get("timings", {}).get("total_s", float("nan")), 1)})
+                  "time (s)": round(run.result.get("timings", {}).get("total_s", float("nan")), 1),
+                  "run": rundata.short_run(run_id)})  # last and short: the numbers are what is compared
 st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
 st.caption("Defenses score on different scales (masks vs. constants), so the overlay uses the sweep by number of "
            "neurons pruned. The right panel needs the test trigger." +

@@ -4,16 +4,32 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import cache, figures
+from dashboard import cache, choices, figures
 from dashboard.common import (USER_ERRORS, current_choice, default_sample, fmt_rate, page_link, sample_choice,
-                              show_error)
+                              set_choice, show_error)
 from dashboard.modelsetup import (DATASETS, DEFAULT_MAX_UPLOAD_MB, POSITIONS, accept_poisoned_upload, accept_upload,
-                                  architecture_name, data_spec, normalization_spec, parse_kwargs, spec_choice,
+                                  architecture_name, data_spec, normalization_spec, parse_kwargs, spec_choice, stored_upload,
                                   trigger_spec)
 from defenses.normalization import PRESETS as NORM_PRESETS, chance_warning
 from dashboard.rundata import runs_dir
 from defenses.models import ARCHITECTURES
 from sample_models import catalog, efficacy_rows, recovery_claim, recovery_sentence, training_summary
+
+# The own-weights form's values before anything is chosen (session state, not value=, sets them:
+# the form is filled from the model in use, and Streamlit refuses a widget given both).
+OWN_DEFAULTS = {"weights_path": "", "arch": next(iter(ARCHITECTURES)), "tv_name": "", "local_class": "",
+                "arch_kwargs": "{}", "num_classes": 0, "normalize": "none", "norm_custom": "", "dataset": "mnist5k",
+                "data_location": "", "own_clean_count": 500, "trigger_kind": "unknown", "poisoned_path": "",
+                "trigger_target": 0, "trigger_size": 4, "trigger_position": "bottom_right", "trigger_color": "1.0",
+                "trigger_alpha": 0.2, "trigger_seed": 0, "trigger_image": ""}
+
+
+def changed(new: dict, was: str | None, detail: str = "") -> None:
+    """Say what is measured now, and what it replaced: a new trigger changes ASR under a similar title."""
+    detail = f" ({detail})" if detail else ""
+    st.session_state["changed_from"] = (f"Now measuring **{new['label']}**{detail}, instead of {was}." if was else
+                                        f"Checked: still measuring **{new['label']}**{detail}; nothing changed.")
+
 
 st.title("Model")
 st.caption("Choose the model to examine: a small backdoored sample that ships with prunescope, or your own weights.")
@@ -65,24 +81,28 @@ if source == "Sample model":
                            "pruning keeps ACC on the clean set within 2 points. Removed: ASR at most 2% with ACC "
                            "within 2 points. "
                            "`docs/study.md` has the study these samples were chosen from.")
-        st.session_state["choice"] = sample_choice(name, int(clean))
-        st.query_params["sample"] = name  # a reload, or a link, opens the same sample
+        set_choice(sample_choice(name, int(clean)))  # the app writes it into the URL: a reload opens it again
 elif source == "A model spec":
     st.caption("Convert a BackdoorBench result first: `prunescope import record/<attack>/attack_result.pt OUT_DIR`. "
                "The spec names the architecture, the dataset's normalisation and the poisoned test set (the ASR set).")
     s1, s2, s3 = st.columns([2, 2, 1])
+    if choice and choice.get("spec"):  # the form shows the spec in use (a page switch clears widgets)
+        d = choice["data"]
+        for k, v in {"spec_path": choice["spec"], "spec_clean_count": int(d.get("clean_count", 500)),
+                     "spec_data": d.get("root") or (d["dataset"] if ":" in str(d.get("dataset")) else "")}.items():
+            st.session_state.setdefault(k, v)
     spec_file = s1.text_input("Path of spec.json (or its folder)", key="spec_path")
     spec_root = s2.text_input("Its dataset's local folder", key="spec_data",
                               help="The folder holding CIFAR-10, MNIST or GTSRB as torchvision saves them; or another "
                                    "dataset instead, as npz:PATH or folder:PATH.")
-    spec_clean = s3.number_input("Clean-set size", min_value=10, value=500, step=50, key="spec_clean_count")
+    st.session_state.setdefault("spec_clean_count", 500)
+    spec_clean = s3.number_input("Clean-set size", min_value=10, step=50, key="spec_clean_count")
     if st.button("Check and use this spec", type="primary", key="use_spec"):
         try:
             other = spec_root.strip() if spec_root.strip().startswith(("npz:", "folder:")) else ""
             new = spec_choice(spec_file, "" if other else spec_root, int(spec_clean), other)
             cache.model_summary(json.dumps(new, sort_keys=True))  # refuses a spec that does not load, here
-            st.session_state["choice"] = new
-            st.success(f"Using {new['label']}.")
+            changed(new, set_choice(new))
         except USER_ERRORS as e:
             show_error(e)  # the previous choice stays in use
 else:
@@ -90,6 +110,26 @@ else:
     st.caption("Weights are read as safetensors or as a PyTorch state dict with `weights_only=True`: nothing in the "
                "file is ever executed, and whole pickled models or TorchScript files are refused. "
                "Save `model.state_dict()`.")
+    own = choice if choice and choice["model"].get("checkpoint") and not choice.get("spec") else None
+    before = choices.saved(runs_dir())
+    if before:
+        b1, b2 = st.columns([4, 1], vertical_alignment="bottom")
+        again = b1.selectbox("Your models used before", range(len(before)), key="used_before",
+                             format_func=lambda i: before[i]["label"])
+        if b2.button("Use it again", key="use_again"):
+            own = before[again]
+            changed(own, set_choice(own))
+    # The form shows the model in use: a page switch clears Streamlit's widgets, and pressing the
+    # button on an empty form would replace the model by the same weights without its trigger.
+    shown = own.get("key") if own else None
+    fill = {**OWN_DEFAULTS, **(choices.form_values(own) if own else {})}
+    for k, v in fill.items():
+        if st.session_state.get("own_form_for") != shown or k not in st.session_state:
+            st.session_state[k] = v
+    st.session_state["own_form_for"] = shown
+    if own:
+        st.info(f"In use: **{own['label']}**. The form shows its settings; change any and check again to "
+                "replace it.", icon=":material/memory:")
     up_col, path_col = st.columns(2)
     with up_col:
         uploaded = st.file_uploader(f"Upload weights (up to {max_mb} MB)", type=["safetensors", "pt", "pth", "bin", "ckpt"],
@@ -103,9 +143,8 @@ else:
         local_class = (st.text_input("Your class as path/to/file.py:ClassName (this runs that file)",
                                      key="local_class") if arch_choice == "local class" else "")
     with a2:
-        kwargs_text = st.text_input("Architecture arguments (JSON)", value="{}", key="arch_kwargs")
-        num_classes = st.number_input("Number of classes (0: the dataset's)", min_value=0, value=0, step=1,
-                                      key="num_classes")
+        kwargs_text = st.text_input("Architecture arguments (JSON)", key="arch_kwargs")
+        num_classes = st.number_input("Number of classes (0: the dataset's)", min_value=0, step=1, key="num_classes")
         norm_choice = st.selectbox(
             "Input normalisation it was trained with", ["none", *NORM_PRESETS, "custom"], key="normalize",
             format_func=lambda n: {"none": "none (pixels in [0, 1])", "custom": "custom mean and std"}.get(n, n),
@@ -119,7 +158,7 @@ else:
         location = ("" if dataset == "mnist5k" else
                     st.text_input("Local root folder" if dataset in ("cifar10", "mnist", "gtsrb") else "Path",
                                   key="data_location"))
-        own_clean = st.number_input("Clean-set size", min_value=10, value=500, step=50, key="own_clean_count")
+        own_clean = st.number_input("Clean-set size", min_value=10, step=50, key="own_clean_count")
 
     st.markdown("**Trigger** (if you know it; ASR needs it, every trigger-free aid works without it)")
     kind = st.radio("Kind of trigger", ["unknown", "badnets", "blend", "poisoned"], horizontal=True,
@@ -136,32 +175,36 @@ else:
         fields["path"] = p2.text_input("…or its path on this machine", key="poisoned_path").strip() or None
     elif kind != "unknown":
         t1, t2, t3, t4 = st.columns(4)
-        fields["target"] = int(t1.number_input("Target label", min_value=0, value=0, step=1, key="trigger_target"))
+        fields["target"] = int(t1.number_input("Target label", min_value=0, step=1, key="trigger_target"))
         if kind == "badnets":
             fields["size"] = int(t2.number_input(
-                "Patch size (pixels)", min_value=1, value=4, step=1, key="trigger_size",
+                "Patch size (pixels)", min_value=1, step=1, key="trigger_size",
                 help="The attacker's patch side. The samples use 4; a size that differs from the trained one "
                      "measures a weaker trigger (a 3-pixel patch on a 4-pixel backdoor gave ASR 33.7%)."))
             fields["position"] = t3.selectbox("Position", POSITIONS, key="trigger_position")
-            colour = t4.text_input("Colour (grey level 0-1, checkerboard or noise)", value="1.0", key="trigger_color")
+            colour = t4.text_input("Colour (grey level 0-1, checkerboard or noise)", key="trigger_color")
             try:
                 fields["color"] = float(colour)
             except ValueError:
                 fields["color"] = colour.strip()
         else:
-            fields["alpha"] = float(t2.slider("Blend alpha", 0.01, 1.0, 0.2, key="trigger_alpha"))
-            fields["seed"] = int(t3.number_input("Pattern seed", min_value=0, value=0, step=1, key="trigger_seed"))
+            fields["alpha"] = float(t2.slider("Blend alpha", 0.01, 1.0, key="trigger_alpha"))
+            fields["seed"] = int(t3.number_input("Pattern seed", min_value=0, step=1, key="trigger_seed"))
             fields["image"] = t4.text_input("…or a pattern image path", key="trigger_image").strip() or None
 
     if st.button("Check and use this model", type="primary", key="use_own"):
         try:
             if uploaded is not None:
-                upload = accept_upload(uploaded.getvalue(), uploaded.name, runs_dir(), int(max_mb) * 1024 * 1024)
+                file_name = uploaded.name
+                upload = accept_upload(uploaded.getvalue(), file_name, runs_dir(), int(max_mb) * 1024 * 1024)
             elif local_path.strip():
                 p = Path(local_path.strip()).expanduser()
                 if not p.is_file():
                     raise FileNotFoundError(f"No weights file at {p}.")
-                upload = accept_upload(p.read_bytes(), p.name, runs_dir(), max_bytes=1 << 40)
+                # the weights in use, stored under the uploads folder, keep the name they came with
+                file_name = own["file"] if own and str(p) == own["model"]["checkpoint"] and own.get("file") else p.name
+                upload = (stored_upload(p, runs_dir())
+                          or accept_upload(p.read_bytes(), file_name, runs_dir(), max_bytes=1 << 40))
             else:
                 raise ValueError("Upload a weights file or give its path first.")
             if poisoned_upload is not None:
@@ -173,20 +216,21 @@ else:
             normalize = normalization_spec(norm_choice, norm_text)
             if normalize is not None:
                 model_spec["normalize"] = normalize
-            new = {"model": model_spec, "data": data_spec(dataset, location, int(own_clean)),
-                   "trigger": trigger_spec(kind, **fields), "label": f"{model_spec['architecture']} · "
-                   f"{(uploaded.name if uploaded is not None else local_path.strip())}"}
+            trigger = trigger_spec(kind, **fields)
+            new = {"model": model_spec, "data": data_spec(dataset, location, int(own_clean)), "trigger": trigger,
+                   "label": choices.own_label(model_spec, file_name, trigger), "file": Path(file_name).name}
             summary = cache.model_summary(json.dumps(new, sort_keys=True))
             # Record what the check found, so the run does not have to guess.
             model_spec.update(input_shape=summary["shape"], num_classes=summary["num_classes"])
-            st.session_state["choice"] = new
-            st.success(f"Using {new['label']}: {upload.describe()}.")
+            changed(new, set_choice(new), upload.describe())
         except USER_ERRORS as e:
             show_error(e)  # the previous choice stays in use
 
 choice = current_choice()
 if choice is None:
     st.stop()
+if st.session_state.get("changed_from"):  # said once, after the rerun the change asked for
+    st.success(st.session_state.pop("changed_from"), icon=":material/swap_horiz:")
 st.divider()
 st.subheader(f"In use: {choice['label']}")
 try:

@@ -4,7 +4,7 @@ import streamlit as st
 import torch
 
 from dashboard import scanview as sv
-from dashboard.common import USER_ERRORS, current_choice, page_link, show_error
+from dashboard.common import USER_ERRORS, current_choice, page_link, set_choice, show_error
 from dashboard.rundata import runs_dir
 from defenses.scan import all_signals
 from defenses.scan.figures import outlier_figure, probability_gauge, signal_figure, trigger_figure
@@ -108,7 +108,7 @@ def next_step(v) -> None:
     same = choice is not None and sv.model_key(choice["model"]) == sv.model_key(cfg["model"])
     if st.button(sv.defend_label(v, same), key="scan_defend", type="primary" if sv.likely(v) else "secondary", icon=":material/shield:"):
         if not same:
-            st.session_state["choice"] = sv.choice_from_scan(cfg)
+            set_choice(sv.choice_from_scan(cfg))
         sv.remember_target(st.session_state, v, cfg["model"])
         st.switch_page("views/defend.py")
 
