@@ -221,6 +221,18 @@ def run_estimate(request_key: str) -> list[dict]:
     return [asdict(s) for s in estimate(RunRequest(**json.loads(request_key)))]
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def recovery_estimate(config_key: str, params_key: str) -> dict:
+    """Trigger recovery's measured cost for a finished run's model (its config.json, as JSON)."""
+    from dataclasses import asdict
+
+    from defenses.estimate import estimate_recovery
+
+    cfg = json.loads(config_key)
+    return asdict(estimate_recovery(cfg["model"], cfg["data"], cfg.get("trigger"), json.loads(params_key),
+                                    cfg.get("device", "auto")))
+
+
 def request_key(request) -> str:
     return _key(request.to_dict())
 

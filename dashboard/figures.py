@@ -109,7 +109,10 @@ def snapshot_histogram(snapshots: Mapping[str, Sequence[float]], threshold: floa
     for i, (name, v) in enumerate(zip(snapshots, values)):
         fig.add_trace(go.Histogram(x=v, name=name, opacity=0.6, marker_color=PALETTE[i % len(PALETTE)],
                                    xbins=dict(start=lo, end=hi + size, size=size)))
+    # log counts: the few neurons under the cut are the point, and a linear axis peaking at 200
+    # hid 10 of them
     fig.update_layout(barmode="overlay")
+    fig.update_yaxes(type="log", title_text="neurons (log scale)")
     if threshold is not None:
         _vline(fig, threshold, f"cut {threshold:g}")
     return fig
@@ -235,22 +238,43 @@ def sweep_figure(rows: Sequence[Mapping], selected: float | None = None, x_title
     return fig
 
 
-def tradeoff_figure(rows: Sequence[Mapping], selected: float | None = None) -> go.Figure:
+ASR_FLOOR = 0.001  # ASR 0 on the tradeoff chart's log axis: drawn at 0.1%
+
+
+def tradeoff_figure(rows: Sequence[Mapping], selected: float | None = None, acc_window: float = 0.25) -> go.Figure:
     """ACC against ASR, one point per threshold (labelled with it); the chosen point ringed.
-    This whole chart needs the test trigger: a defender without it cannot draw it."""
-    fig = _base("ACC vs ASR (test trigger)", "ASR (test trigger)", "ACC", height=400)
+    This whole chart needs the test trigger: a defender without it cannot draw it.
+
+    ASR on a log axis and ACC zoomed to the best ``acc_window``: on linear axes every good cut
+    (ASR 0-3%, ACC within a point or two) sat in one 10 px corner, and a click there picked a
+    neighbour. Points below the window are left out of the view (zoom out to see them)."""
     t = [r["threshold"] for r in rows]
-    fig.add_trace(go.Scatter(x=[r["asr"] for r in rows], y=[r["acc"] for r in rows], customdata=t,
-                             text=[f"{v:g}" for v in t], mode="lines+markers", name="thresholds",
-                             hovertemplate="threshold %{customdata}<br>ASR %{x:.3f}<br>ACC %{y:.3f}<extra></extra>",
-                             line=dict(color=ASR_COLOR, dash="dash")))
-    chosen = [r for r in rows if selected is not None and np.isclose(r["threshold"], selected)]
+    asr = [r["asr"] for r in rows]
+    acc = [r["acc"] for r in rows]
+    top = max((a for a in acc if a is not None), default=1.0)
+    hidden = sum(1 for a in acc if a is not None and a < top - acc_window)
+    fig = _base("ACC vs ASR (test trigger)", "ASR (test trigger), log scale", "ACC", height=400)
+    if hidden:  # inside the plot: in the title it was cut off at half width
+        fig.add_annotation(text=f"{hidden} cut{'s' * (hidden != 1)} below ACC {100 * (top - acc_window):.0f}% not shown",
+                           xref="paper", yref="paper", x=1, y=0, xanchor="right", yanchor="bottom", showarrow=False,
+                           font=dict(size=11, color="gray"))
+    shown = [max(a, ASR_FLOOR) if a is not None else None for a in asr]
+    fig.add_trace(go.Scatter(x=shown, y=acc, customdata=t,
+                             mode="lines+markers", name="thresholds",
+                             hovertext=[f"threshold {v:g}<br>ASR {100 * a:.1f}%<br>ACC {100 * c:.1f}%"
+                                        if a is not None and c is not None else f"threshold {v:g}"
+                                        for v, a, c in zip(t, asr, acc)],
+                             hoverinfo="text", line=dict(color=ASR_COLOR, dash="dash")))
+    chosen = [i for i, r in enumerate(rows) if selected is not None and np.isclose(r["threshold"], selected)]
     if chosen:
-        r = chosen[0]
-        fig.add_trace(go.Scatter(x=[r["asr"]], y=[r["acc"]], customdata=[r["threshold"]], mode="markers",
-                                 name=f"chosen ({r['threshold']:g})",
+        i = chosen[0]
+        fig.add_trace(go.Scatter(x=[shown[i]], y=[acc[i]], customdata=[t[i]], mode="markers",
+                                 name=f"chosen ({t[i]:g})",
                                  marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(width=3, color="black"))))
-    fig.update_xaxes(range=[-0.02, 1.02])
+    # four ticks a decade apart (more overlapped at half width); 0 is drawn at 0.1%
+    fig.update_xaxes(type="log", range=[np.log10(ASR_FLOOR) - 0.1, 0.05], tickvals=[ASR_FLOOR, 0.01, 0.1, 1.0],
+                     ticktext=["≤0.1%", "1%", "10%", "100%"])
+    fig.update_yaxes(range=[top - acc_window - 0.01, top + 0.01], tickformat=".0%")
     return fig
 
 
@@ -347,15 +371,18 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
 
 
 def trigger_grid(labels: Sequence[int], masks: np.ndarray, patterns: np.ndarray, flagged: Sequence[int] = (),
-                 true_mask: np.ndarray | None = None, true_pattern: np.ndarray | None = None) -> go.Figure:
+                 true_mask: np.ndarray | None = None, true_pattern: np.ndarray | None = None,
+                 attacked: bool = True) -> go.Figure:
     """Recovered triggers: columns are labels (plus the true trigger when known), rows are the
-    mask M, the pattern P and M x P. Flagged labels are starred in the column title."""
+    mask M, the pattern P and M x P. Flagged labels are starred in the column title.
+    ``attacked=False``: a clean model, whose known trigger is the test trigger ASR is measured with
+    (no attacker planted it), so its column is "test", not "true"."""
     masks = np.asarray(masks, dtype=float)
     patterns = np.asarray(patterns, dtype=float)
     # Short column titles (the label alone): eleven columns at 1000 px leave about 80 px each.
     cols = [(f"{'★' if t in flagged else ''}{t}", masks[i], patterns[i]) for i, t in enumerate(labels)]
     if true_mask is not None and true_pattern is not None:
-        cols.append(("true", np.asarray(true_mask, dtype=float), np.asarray(true_pattern, dtype=float)))
+        cols.append(("true" if attacked else "test", np.asarray(true_mask, dtype=float), np.asarray(true_pattern, dtype=float)))
     ncols = len(cols)
     row_names = ("mask M", "pattern P", "M × P")
     fig = make_subplots(rows=3, cols=ncols, column_titles=[c[0] for c in cols], row_titles=list(row_names),
@@ -367,7 +394,9 @@ def trigger_grid(labels: Sequence[int], masks: np.ndarray, patterns: np.ndarray,
         fig.add_trace(_image_trace(m2[None] * p if p.ndim == 3 else m2 * p), row=3, col=j)
     _image_axes(fig, 3, ncols)
     height = 140 + 3 * max(90, 1100 // max(ncols, 1))
-    fig.update_layout(title=_grid_title("Recovered triggers per label (★ flagged; true: the attacker's trigger)",
+    known = ("; true: the attacker's trigger" if attacked else
+             "; test: the trigger ASR is measured with, which this clean model was not trained on")
+    fig.update_layout(title=_grid_title(f"Recovered triggers per label (★ flagged{known if true_mask is not None else ''})",
                                         height), height=height, margin=dict(l=10, r=40, t=TOP + 20, b=10))
     return fig
 

@@ -392,10 +392,12 @@ def fmt_rate(v) -> str:
     return "n/a" if v is None or v != v else f"{100 * v:.1f}%"
 
 
-def cut_cost_warning(baseline_acc, cut: dict | None, rows: list[dict], within: float = COSTLY_CUT) -> str | None:
+def cut_cost_warning(baseline_acc, cut: dict | None, rows: list[dict], within: float = COSTLY_CUT,
+                     choose: str = "choose it on Explore") -> str | None:
     """A sentence when the defense's own cut costs more than ``within`` of clean accuracy (a red
     delta alone was the only warning when RNP's cut took ACC from 98.3% to 37.7%): it names the
-    swept cut that keeps ACC within ``within`` with the lowest ASR, or says no swept cut does."""
+    swept cut that keeps ACC within ``within`` with the lowest ASR, or says no swept cut does.
+    ``choose``: how to get there from the page that shows the sentence."""
     if baseline_acc is None or not cut or cut.get("acc") is None or baseline_acc - cut["acc"] <= within:
         return None
     head = (f"The defense's own cut prunes {neurons(cut['n_pruned'])} and costs "
@@ -405,7 +407,7 @@ def cut_cost_warning(baseline_acc, cut: dict | None, rows: list[dict], within: f
         best = min(kept, key=lambda r: (r["asr"] if r.get("asr") is not None and r["asr"] == r["asr"] else 2.0,
                                         -r["acc"]))
         return (head + f": threshold {best['threshold']:g} prunes {best['n_pruned']} and keeps ACC "
-                f"{fmt_rate(best['acc'])} (ASR {fmt_rate(best.get('asr'))}), so choose it on Explore rather than the own cut.")
+                f"{fmt_rate(best['acc'])} (ASR {fmt_rate(best.get('asr'))}), so {choose} rather than the own cut.")
     fewest = min((r for r in rows if r.get("acc") is not None), key=lambda r: r["n_pruned"], default=None)
     low = (f" (the fewest neurons swept, {fewest['n_pruned']}, already leave ACC {fmt_rate(fewest['acc'])})"
            if fewest else "")

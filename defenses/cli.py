@@ -276,9 +276,9 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_samples(args) -> int:
-    from sample_models import catalog
+    from .sources import source
 
-    for name, e in catalog().items():
+    for name, e in source("sample").catalog().items():
         print(f"{name:18s} ACC {e['acc']:.4f} ASR {e['asr']:.4f}  {e['title']}")
     return 0
 

@@ -13,6 +13,7 @@ taken to cost what the first stage's steps cost, and the sweeps' evaluations are
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -83,7 +84,7 @@ def _steps_cost(clock: _StepClock, finished_s: float | None) -> float:
     return max(0.0, setup) + clock.per_step() * clock.total
 
 
-def estimate(request, steps: int = 3, budget_s: float = 1.0) -> list[Stage]:
+def estimate(request, steps: int = 5, budget_s: float = 2.0) -> list[Stage]:
     """The stages a run of ``request`` (a RunRequest) will go through, each with its measured cost
     in seconds on this machine now. Costs a few of each stage's steps (about a second each here
     for the samples; one step of each for a large model on a CPU)."""
@@ -92,6 +93,7 @@ def estimate(request, steps: int = 3, budget_s: float = 1.0) -> list[Stage]:
     from .neurons import find_neurons
     from .poisoned import PoisonedSet
     from .runs import resolve_device_name
+    from .worker import PROBE_IMAGES
 
     device = resolve_device_name(request.device)
     t0 = time.perf_counter()
@@ -112,7 +114,11 @@ def estimate(request, steps: int = 3, budget_s: float = 1.0) -> list[Stage]:
     config = config_from_dict(info.config_cls, request.params)
     clock, done = _clocked(lambda cb: info.cls(config).run(model, data.clean, callback=cb, device=device),
                            steps, budget_s)
-    stages.append(Stage("defense", f"{info.title.split(':')[0]}{_budget(clock)}", _steps_cost(clock, done)))
+    # then the worker's live probes (ANP and RNP: ACC/ASR of the pruned model on a slice of the test
+    # split at each snapshot) and its evaluation of the defense's own cut
+    probe_s = _live_probes(request.defense, config) * one_eval * min(PROBE_IMAGES, len(data.test)) / len(data.test)
+    stages.append(Stage("defense", f"{info.title.split(':')[0]}{_budget(clock)}, then its own cut",
+                        _steps_cost(clock, done) + probe_s + one_eval))
 
     # Both sweeps: 20 thresholds and 11 counts, less the two points the run already evaluated
     # (nothing pruned; the own cut); points that prune the same neurons share an evaluation.
@@ -130,15 +136,40 @@ def estimate(request, steps: int = 3, budget_s: float = 1.0) -> list[Stage]:
 
     # the worker recovers on RNP's unlearned model, or on the original when asked (defenses.worker)
     if request.recover_triggers and (request.recover_on == "original" or request.defense == "rnp"):
-        from .trigger_recovery import TriggerRecovery, TriggerRecoveryConfig
-
         # the unlearned model RNP leaves has the original's architecture: the same cost per step
-        rec = TriggerRecovery(config_from_dict(TriggerRecoveryConfig, request.recovery_params or {}))
-        clock, done = _clocked(lambda cb: rec.run(model, data.clean, callback=cb, device=device), steps, budget_s)
-        labels = data.num_classes if rec.config.labels is None else len(rec.config.labels)
-        stages.append(Stage("recovery", f"trigger recovery, {labels} labels x {rec.config.steps} steps",
-                            _steps_cost(clock, done)))
+        stages.append(_recovery_stage(model, data, request.recovery_params, device, steps, budget_s))
     return stages
+
+
+def _live_probes(defense: str, config) -> int:
+    """How many live probes the worker makes during the defense (defenses.worker: ANP and RNP, at
+    each snapshot: every ``snapshot_every`` ANP iterations and the last; each RNP recovery epoch)."""
+    if defense == "anp":
+        return math.ceil(config.iterations / config.snapshot_every)
+    if defense == "rnp":
+        return int(config.recover_epochs)
+    return 0
+
+
+def _recovery_stage(model, data, params: dict | None, device, steps: int, budget_s: float) -> Stage:
+    from .trigger_recovery import TriggerRecovery, TriggerRecoveryConfig
+
+    rec = TriggerRecovery(config_from_dict(TriggerRecoveryConfig, params or {}))
+    clock, done = _clocked(lambda cb: rec.run(model, data.clean, callback=cb, device=device), steps, budget_s)
+    labels = data.num_classes if rec.config.labels is None else len(rec.config.labels)
+    return Stage("recovery", f"trigger recovery, {labels} labels x {rec.config.steps} steps", _steps_cost(clock, done))
+
+
+def estimate_recovery(model_spec: dict, data_spec: dict, trigger: dict | None = None, params: dict | None = None,
+                      device: str = "auto", steps: int = 5, budget_s: float = 2.0) -> Stage:
+    """Trigger recovery alone, for a run that finished without it (defenses.recover_run)."""
+    from .inputs import load_inputs
+    from .runs import resolve_device_name
+
+    device = resolve_device_name(device)
+    data, model, _, _, _ = load_inputs(model_spec, data_spec, trigger)
+    model.to(device)
+    return _recovery_stage(model, data, params, device, steps, budget_s)
 
 
 def _budget(clock: _StepClock) -> str:

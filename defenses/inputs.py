@@ -17,11 +17,11 @@ def load_model(model_spec: dict, data_shape=None, num_classes=None):
     from .normalization import attach as attach_normalization
 
     if "sample" in model_spec:
-        from sample_models import load_sample
+        from .sources import source
 
-        s = load_sample(model_spec["sample"])
-        attach_normalization(s.model, model_spec.get("normalize"), (data_shape or (1,))[0])
-        return s.model, (s.spec.to_dict() if s.spec else None), s.entry["title"]
+        model, trigger, title = source("sample").load_for_run(model_spec["sample"])
+        attach_normalization(model, model_spec.get("normalize"), (data_shape or (1,))[0])
+        return model, trigger, title
     from .checkpoints import CheckpointError, load_into, load_state_dict
     from .models import architectures_fitting, build_model
 

@@ -26,6 +26,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +160,14 @@ def start_run(request: RunRequest, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> P
     if status.get("state") == "queued":
         status["pid"] = proc.pid
         write_json(run_dir / "status.json", status)
+    reap(proc)
     return run_dir
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Wait for a worker in a daemon thread: a finished worker otherwise stays a zombie child of
+    the web server (until Python happens to start another process)."""
+    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
 
 
 def cancel_run(run_dir: str | Path) -> bool:

@@ -111,7 +111,16 @@ def load_sample(name: str, device: str | torch.device = "cpu") -> Sample:
     return Sample(name, model, entry, spec, trigger)
 
 
-CUT_LABELS = {"own": "own", "budget": "budget"}  # the Model page's caption says what each is
+def load_for_run(name: str):
+    """(model, trigger spec dict or None, title): a sample as a run loads it; ``defenses`` calls this
+    through the ``prunescope.model_sources`` entry point (defenses/sources.py)."""
+    s = load_sample(name)
+    return s.model, (s.spec.to_dict() if s.spec else None), s.entry["title"]
+
+
+# Words a student reads (the Model page's caption says more): the defense's own threshold, and the
+# deepest cut that keeps clean accuracy, which needs no trigger to find.
+CUT_LABELS = {"own": "the defense's threshold", "budget": "most pruning that keeps ACC"}
 
 
 def efficacy_rows(entry: dict) -> list[dict]:

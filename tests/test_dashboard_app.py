@@ -285,14 +285,15 @@ def test_manifest_and_pruned_model_export(runs):
 # ---------------------------------------------------------------- the main flow, with a real worker
 
 
-def wait_until_final(run_dir: Path, timeout: float = 900) -> dict:
+def wait_until_final(run_dir: Path, timeout: float = 900, read=read_status) -> dict:
+    """The run's final status (or a job's, with ``read`` its state reader), polled until it ends."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = read_status(run_dir)
+        status = read(run_dir)
         if status.get("state") in ("done", "failed", "cancelled"):
             return status
         time.sleep(0.5)
-    raise AssertionError(f"the run did not finish within {timeout} s: {read_status(run_dir)}")
+    raise AssertionError(f"it did not finish within {timeout} s: {read(run_dir)}")
 
 
 def test_main_flow_sample_defend_watch_explore(runs):
@@ -572,6 +573,9 @@ def test_neuron_noise_check_on_the_model_page_names_the_target(runs):
     assert any("pile onto label 0" in w.value for w in at.warning), [w.value for w in at.warning]
     at.run()  # a rerun (a slider elsewhere moved) keeps the chart without a new click
     assert any("pile onto label 0" in w.value for w in at.warning)
+    at.switch_page("views/defend.py").run()
+    at.switch_page("views/model.py").run()  # leaving the page keeps the result (it took seconds)
+    assert "noise_chart" in [c.key for c in at.get("plotly_chart")]
 
 
 def test_defend_page_sends_the_trigger_recovery_choice(runs):

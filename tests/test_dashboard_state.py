@@ -110,6 +110,8 @@ def test_explore_sidebar_names_the_run_shown(two_runs):
     at.switch_page("views/explore.py").run()
     at.selectbox(key="explore_run").set_value(CLP_RUN).run()
     assert any(CLP_RUN in c.value for c in at.sidebar.caption)
+    # Explore's URL names the run it shows, not the model new runs are on (read as the run's model)
+    assert at.query_params["run"] == CLP_RUN and "sample" not in at.query_params and "model" not in at.query_params
 
 
 ROWS = [{"threshold": 0.1, "n_pruned": 3, "acc": 0.97, "asr": 0.40},
@@ -144,7 +146,7 @@ def test_explore_warns_when_the_own_cut_costs_accuracy(runs):
     assert not [w for w in at.warning if "points of clean accuracy" in w.value]  # a cheap own cut: no sentence
     at.selectbox(key="explore_run").set_value(ANP_RUN).run()
     warned = [w.value for w in at.warning if "points of clean accuracy" in w.value]
-    assert warned and "choose it on Explore" in warned[0], [w.value for w in at.warning]
+    assert warned and "so move the slider there rather than the own cut" in warned[0], [w.value for w in at.warning]
 
 
 # ---------------------------------------------------------------- the Defend page

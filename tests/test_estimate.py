@@ -54,18 +54,18 @@ def test_rnp_with_recovery_names_each_stage_and_leaves_the_model_untouched():
     assert [s.kind for s in stages] == ["loading", "baseline", "defense", "sweeps", "recovery"]
     by = {s.kind: s for s in stages}
     # RNP at the paper's 20 unlearning and 20 recovering epochs, on 200 clean images in batches of 128
-    assert by["defense"].name == "RNP (unlearn 40, recover 40 steps)", by["defense"].name
+    assert by["defense"].name == "RNP (unlearn 40, recover 40 steps), then its own cut", by["defense"].name
     assert by["recovery"].name == "trigger recovery, 10 labels x 40 steps"
     assert by["sweeps"].upper_bound and all(s.seconds > 0 for s in stages)
     # the recovery stage is gone when the run would not recover (an ANP run recovers only on the original)
     anp = estimate(RunRequest(defense="anp", params={"iterations": 30}, model=SAMPLE, data=DATA))
     assert [s.kind for s in anp] == ["loading", "baseline", "defense", "sweeps"]
-    assert anp[2].name == "ANP (30 steps)"
+    assert anp[2].name == "ANP (30 steps), then its own cut"
 
 
 def test_clp_names_its_layers_and_no_recovery_unless_on_the_original():
     stages = estimate(RunRequest(defense="clp", params={}, model=SAMPLE, data=DATA))
-    assert [s.name for s in stages[2:]] == ["CLP (5 steps)", "the sweeps (up to 30 evaluations)"]
+    assert [s.name for s in stages[2:]] == ["CLP (5 steps), then its own cut", "the sweeps (up to 30 evaluations)"]
     stages = estimate(RunRequest(defense="clp", params={}, model=SAMPLE, data=DATA, recover_on="original",
                                  recovery_params={"steps": 20}))
     assert stages[-1].kind == "recovery"

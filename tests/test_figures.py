@@ -59,7 +59,7 @@ def test_snapshot_histogram_overlays_and_draws_cut():
     assert names(fig) == ["step 10", "step 30"]
     assert fig.layout.barmode == "overlay"
     assert [s.x0 for s in vlines(fig)] == [0.2]
-    assert fig.layout.xaxis.title.text == "mask value"
+    assert fig.layout.xaxis.title.text == "mask value" and fig.layout.yaxis.type == "log"
     assert list(fig.data[1].x) == [0.1, 0.95, 1.0]
     # the same bins for every snapshot so they compare
     assert fig.data[0].xbins.size == fig.data[1].xbins.size
@@ -143,9 +143,14 @@ def test_sweep_figure_without_trigger_has_no_asr():
 def test_tradeoff_figure_rings_the_chosen_point():
     fig = figures.tradeoff_figure(ROWS, selected=0.2)
     assert len(fig.data) == 2
-    assert list(fig.data[0].x) == [r["asr"] for r in ROWS] and list(fig.data[0].y) == [r["acc"] for r in ROWS]
+    # ASR on a log axis, 0 drawn at 0.1%; the threshold is what a click reads back
+    assert list(fig.data[0].x) == [1.0, 0.40, 0.02, 0.001] and list(fig.data[0].y) == [r["acc"] for r in ROWS]
+    assert list(fig.data[0].customdata) == [r["threshold"] for r in ROWS]
     assert (fig.data[1].x[0], fig.data[1].y[0]) == (0.40, 0.98)
-    assert fig.layout.xaxis.title.text == "ASR (test trigger)"
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.title.text.startswith("ASR (test trigger")
+    assert list(fig.layout.xaxis.ticktext) == ["≤0.1%", "1%", "10%", "100%"]
+    # zoomed to ACC within 25 points of the best: the 60% cut is off the chart, and the title says so
+    assert fig.layout.yaxis.range[0] == pytest.approx(0.73) and fig.layout.annotations[0].text == "1 cut below ACC 74% not shown"
     assert "test trigger" in fig.layout.title.text
     assert len(figures.tradeoff_figure(ROWS, selected=None).data) == 1
 

@@ -7,6 +7,7 @@ import torch
 from dashboard import cache, figures
 from dashboard.common import RECOVERED_ON, USER_ERRORS, current_choice, fmt_rate, page_link, show_error
 from dashboard.modelsetup import user_message
+from dashboard.recovery_form import recovery_settings
 from dashboard.config_form import below_paper, paper_defaults, render, widget_key
 from dashboard.liveview import finished_cut, live_score_label, live_view, status_line
 from dashboard.rundata import cut_cost_warning, describe_run, neurons, run_path, runs_dir, sweep_rows
@@ -15,7 +16,6 @@ from defenses.base import all_defenses, config_from_dict
 from defenses.estimate import human_seconds
 from defenses.labels import describe_settings
 from defenses.runs import RECOVER_ON, RunRequest, cancel_run, list_runs, start_run
-from defenses.trigger_recovery import TriggerRecoveryConfig
 from sample_models import catalog, measured_settings, recovery_claim, recovery_sentence
 
 st.title("Defend")
@@ -106,21 +106,7 @@ with st.container():
     recovery_cost = st.empty()  # its measured cost, once the estimate below is made
     recover_on, recovery_params = "original", {}
     if recover:
-        nc = TriggerRecoveryConfig()
-        s1, s2, s3 = st.columns(3)
-        recovery_params["steps"] = int(s1.number_input(
-            "Steps per label", min_value=10, max_value=5000, value=nc.steps, step=50, key="recovery_steps",
-            help=f"Neural Cleanse's Adam steps for each label's mask and pattern ({nc.steps}: the default; 100 is "
-                 f"often enough for a small digit model)."))
-        recovery_params["batch_size"] = int(s2.number_input(
-            "Images per step", min_value=1, max_value=4096, value=nc.batch_size, step=32, key="recovery_batch",
-            help="Clean images per Adam step; 32 is often enough and four times faster on a CPU."))
-        recovery_params["lam"] = float(s3.number_input(
-            "Mask size weight λ", min_value=0.0, max_value=100.0, value=nc.lam, step=0.005, format="%.4f",
-            key="recovery_lam", help="Weight of the mask's L1 norm: larger keeps recovered triggers smaller."))
-        if recovery_params["steps"] < nc.steps:
-            st.caption(f":material/warning: {recovery_params['steps']} steps per label is below Neural Cleanse's "
-                       f"{nc.steps}: an unfinished trigger can flag the wrong label, or none.")
+        recovery_params = recovery_settings()
     if recover and name == "rnp":
         recover_on = st.radio("Recover it on", RECOVER_ON, horizontal=True, key="recover_on",
                               format_func=RECOVERED_ON.get,

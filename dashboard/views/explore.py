@@ -24,9 +24,12 @@ if not options:
 if run.status.get("state") != "done":
     st.warning(f"This run is {run.status.get('state')} ({run.status.get('error') or 'after its sweep was written'}); "
                "what it computed is shown below.")
-units_name = "mask threshold" if run.suspicious == "low" else "u (std-devs above the layer mean)"
+units_name = "mask value" if run.suspicious == "low" else "u, standard deviations above the layer's mean"
+axis_name = "mask value" if run.suspicious == "low" else "u (std-devs above layer mean)"  # fits a half-width chart
+RULE_WORDS = {"gamma": "a pruned neuron's BatchNorm scale is set to 0",
+              "both": "a pruned neuron's scale and shift are set to 0"}
 st.caption(f"{res.get('title', '')} · {run.defense} · scores: {rundata.score_label(run.suspicious)} · "
-           f"pruning rule: {res.get('prune_rule')} · threshold unit: {units_name}")
+           f"{RULE_WORDS.get(res.get('prune_rule'), 'pruning rule ' + str(res.get('prune_rule')))}")
 
 # ---------------------------------------------------------------- the threshold
 
@@ -61,7 +64,9 @@ if st.session_state.get(THRESHOLD_KEY) not in options:
                                                                  url_t if url_run == run_id else None)
 rows_by_t = {r["threshold"]: r for r in run.rows}
 threshold = st.select_slider(
-    f"Threshold ({units_name}); the ACC/ASR below are the precomputed sweep point", options=options, key=THRESHOLD_KEY,
+    f"Prune every neuron {'at or below' if run.suspicious == 'low' else 'above'} this {units_name}",
+    options=options, key=THRESHOLD_KEY, help="ACC and ASR below were measured when the run swept this threshold, so "
+                                             "moving the slider shows them at once.",
     format_func=lambda t: f"{t:g} · {rows_by_t[t]['n_pruned']} pruned")
 _remember(threshold)
 row = rundata.row_at(run.rows, threshold)
@@ -80,7 +85,7 @@ d = res.get("default", {})
 near_chance = chance_warning(base.get("acc", 1.0), res.get("num_classes") or 0)
 if near_chance:
     st.warning(near_chance, icon=":material/warning:")
-costly = rundata.cut_cost_warning(base.get("acc"), d, run.rows)
+costly = rundata.cut_cost_warning(base.get("acc"), d, run.rows, choose="move the slider there")
 if costly:
     st.warning(costly, icon=":material/content_cut:")
 st.caption(f"The defense's own cut prunes {rundata.neurons(d.get('n_pruned'))}: ACC {fmt_rate(d.get('acc'))}, "
@@ -106,7 +111,7 @@ def _sweep_tab():
                "are on the *Triage* tab.")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(figures.sweep_figure(run.rows, threshold, x_title=units_name), key="sweep_chart",
+        st.plotly_chart(figures.sweep_figure(run.rows, threshold, x_title=axis_name), key="sweep_chart",
                         on_select=lambda: _on_click("sweep_chart"), selection_mode="points")
     with right:
         if run.asr_known:
@@ -163,7 +168,7 @@ def _aids_tab():
         budget = st.slider("ACC-drop budget (points)", 0.0, 20.0, 2.0, 0.5, key="budget") / 100
         cut = acc_budget_cut(run.rows, base.get("acc", 1.0), budget)
         st.plotly_chart(figures.acc_budget_figure(run.rows, base.get("acc", 1.0), budget,
-                                                  cut["threshold"] if cut else None, units_name), key="budget_chart")
+                                                  cut["threshold"] if cut else None, axis_name), key="budget_chart")
         if cut:
             st.button(f"Use {cut['threshold']:g} ({rundata.neurons(cut['n_pruned'])}, ACC {fmt_rate(cut['acc'])})",
                       key="use_budget", on_click=_set_threshold, args=(cut["threshold"],))

@@ -77,9 +77,10 @@ if source == "Sample model":
             with st.expander("What each defense did on this sample (measured when it was trained, test split)",
                              expanded=role == "showcase"):
                 st.dataframe(rows, hide_index=True, width="stretch")
-                st.caption("Own: the defense's own cut. Budget: a cut that needs no trigger, the most neurons whose "
-                           "pruning keeps ACC on the clean set within 2 points. Removed: ASR at most 2% with ACC "
-                           "within 2 points. "
+                st.caption("Cut: where the model was pruned. *The defense's threshold* is its own rule (e.g. ANP's masks "
+                           "below 0.2); *most pruning that keeps ACC* needs no trigger: the most neurons, in the "
+                           "defense's order, whose pruning keeps clean accuracy within 2 points on the defender's "
+                           "clean images. Removed: ASR at most 2% with ACC within 2 points. "
                            "`docs/study.md` has the study these samples were chosen from.")
         set_choice(sample_choice(name, int(clean)))  # the app writes it into the URL: a reload opens it again
 elif source == "A model spec":

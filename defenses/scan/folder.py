@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..base import NullCallback
 from ..inputs import load_inputs
-from ..runs import DEFAULT_RUNS_DIR, _alive, read_json, resolve_device_name, write_json
+from ..runs import DEFAULT_RUNS_DIR, _alive, read_json, reap, resolve_device_name, write_json
 from ..worker import Cancelled, one_sentence
 from .base import SignalResult
 from .scanner import ScanConfig, Verdict, scan
@@ -185,6 +185,7 @@ def start_scan(d) -> None:
     status = read_json(d / "status.json", {})
     status.update(state="queued", pid=proc.pid)
     write_json(d / "status.json", status)
+    reap(proc)
 
 
 def main(argv=None):
