@@ -3,7 +3,7 @@
 Every attack is the same two operations on float images in [0, 1]: ``stamp(x, gen)`` writes the
 trigger, ``relabel(y)`` gives the label the attacker wants. ``poison_train`` applies them to a
 share of the training set; ``poisoned_test`` writes the poisoned test set (``x_bd``, ``y_bd``,
-``y_true``) that ``defenses.poisoned`` reads, so the ASR of an attack with no pattern-plus-mask
+``y_true``) that ``defenses.readers.poisoned`` reads, so the ASR of an attack with no pattern-plus-mask
 recipe (a warp, a random position, a clean-label signal) is measured the way a user's would be.
 
 - ``badnets``: Gu et al. 2017, a patch (size, position, solid / checkerboard / noise).
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defenses.triggers import TriggerSpec
+from defenses.readers.triggers import TriggerSpec
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class Attack:
         return x, y
 
     def poisoned_test(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int = 1) -> dict:
-        """The poisoned test set as ``defenses.poisoned`` reads it: images whose attack label
+        """The poisoned test set as ``defenses.readers.poisoned`` reads it: images whose attack label
         differs from their true label, stamped, as uint8 N x C x H x W."""
         y_bd = self.relabel(y, num_classes) if self.kind != "sig" else torch.full_like(y, self.target)
         keep = y_bd != y

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from defenses.anp import ANP, ANPConfig
+from defenses.methods.anp import ANP, ANPConfig
 from defenses.base import NullCallback
-from defenses.data import load_dataset
+from defenses.readers.data import load_dataset
 from defenses.evaluation import budget_cut, evaluate
 from defenses.neurons import Pruner, count_selected, find_neurons, selection_by_count, selection_by_threshold
-from defenses.rnp import RNP, RNPConfig
+from defenses.methods.rnp import RNP, RNPConfig
 from sample_models import load_sample
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "demo.md"

@@ -2,9 +2,9 @@
 
     python -m bench.estimate            # four runs on the showcase sample, about 6 minutes on 2 cores
 
-For each setting: ``defenses.estimate.estimate`` (what the Defend page shows before Start, and how
+For each setting: ``defenses.runs.estimate.estimate`` (what the Defend page shows before Start, and how
 long the estimate itself took), then the same request run to the end in this process by the worker
-(``defenses.worker.execute``, as the dashboard's worker process does); each stage's measured time
+(``defenses.runs.worker.execute``, as the dashboard's worker process does); each stage's measured time
 is read from the run's ``timings.json`` and, for trigger recovery, its stage events. The table
 gives estimate / measured per stage and for the whole run, all measured in one run of this script.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from defenses.estimate import estimate, human_seconds
-from defenses.runs import RunRequest, create_run, read_json
-from defenses.worker import execute
+from defenses.runs.estimate import estimate, human_seconds
+from defenses.runs.folder import RunRequest, create_run, read_json
+from defenses.runs.worker import execute
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SAMPLE = {"sample": "cnn_badnets_centre"}
@@ -71,7 +71,7 @@ def render(res: dict) -> str:
            "Written by `python -m bench.estimate` (one run; "
            f"{res['machine']}, torch {res['torch']} on {res['threads']} threads, the sample `cnn_badnets_centre`, "
            "500 clean images). The Defend page measures a few steps of each stage on the run's own model and "
-           "multiplies by the steps the settings ask for (`defenses/estimate.py`); here each estimate is set "
+           "multiplies by the steps the settings ask for (`defenses/runs/estimate.py`); here each estimate is set "
            "beside the same request run to the end by the worker.", "",
            "| setting | stage | estimated | measured | estimated / measured |", "|---|---|---|---|---|"]
     for r in res["results"]:

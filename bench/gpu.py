@@ -45,8 +45,8 @@ def synthetic_cifar(path: Path, n_train: int = 2000, n_test: int = 500) -> Path:
 
 
 def resnet_checkpoint(path: Path) -> Path:
-    from defenses.checkpoints import save_safetensors
-    from defenses.models import build_model
+    from defenses.readers.checkpoints import save_safetensors
+    from defenses.readers.models import build_model
 
     torch.manual_seed(0)
     save_safetensors(build_model("preact_resnet18", 10, 3, 32), str(path))
@@ -65,7 +65,7 @@ def contract_on(device: str) -> str:
 
 
 def worker_run(work: Path, npz: Path, ckpt: Path, device: str) -> str:
-    from defenses.runs import RunRequest, cancel_run, read_json, read_status, start_run
+    from defenses.runs.folder import RunRequest, cancel_run, read_json, read_status, start_run
 
     req = RunRequest(defense="anp", params={"iterations": 200}, device=device, recover_triggers=False,
                      model={"architecture": "preact_resnet18", "checkpoint": str(ckpt), "arch_kwargs": {}},
@@ -87,7 +87,7 @@ def worker_run(work: Path, npz: Path, ckpt: Path, device: str) -> str:
 
 
 def anp_seconds(model, clean, iterations: int, device: str) -> float:
-    from defenses.anp import ANP, ANPConfig
+    from defenses.methods.anp import ANP, ANPConfig
 
     cfg = ANPConfig(iterations=iterations, snapshot_every=max(iterations, 1))
     model = model.to(device)
@@ -101,9 +101,9 @@ def anp_seconds(model, clean, iterations: int, device: str) -> float:
 
 
 def anp_timing(npz: Path, ckpt: Path, gpu_iters: int, cpu_iters: int, device: str) -> list[str]:
-    from defenses.checkpoints import load_into
-    from defenses.data import load_dataset
-    from defenses.models import build_model
+    from defenses.readers.checkpoints import load_into
+    from defenses.readers.data import load_dataset
+    from defenses.readers.models import build_model
 
     data = load_dataset(f"npz:{npz}")
     model = load_into(build_model("preact_resnet18", 10, 3, 32), str(ckpt)).eval()
@@ -118,8 +118,8 @@ def anp_timing(npz: Path, ckpt: Path, gpu_iters: int, cpu_iters: int, device: st
 
 
 def scan_both(device: str) -> list[str]:
-    from defenses.data import load_dataset
-    from defenses.inputs import load_model
+    from defenses.readers.data import load_dataset
+    from defenses.runs.inputs import load_model
     from defenses.scan import all_signals
     from defenses.scan.scanner import ScanConfig, scan
 

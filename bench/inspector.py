@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from dashboard import neuron_figures
-from defenses.data import ArraySplit, load_dataset
+from defenses.readers.data import ArraySplit, load_dataset
 from defenses.inspector import activation_gap, feature_maps, layer_activations, neuron_attribution, neuron_card
-from defenses.models import build_model
+from defenses.readers.models import build_model
 from defenses.neurons import find_neurons
-from defenses.triggers import TriggerSpec
+from defenses.readers.triggers import TriggerSpec
 from sample_models import load_sample
 
 

@@ -1,4 +1,4 @@
-"""The trigger-aware pruning oracle (defenses/oracle.py) on one shipped sample, from the shell.
+"""The trigger-aware pruning oracle (defenses/methods/oracle.py) on one shipped sample, from the shell.
 
     python -m bench.oracle resnet_badnets [--head-only] [--iterations 400]
 
@@ -10,12 +10,12 @@ import argparse
 
 from defenses.evaluation import SweepRow
 from defenses.neurons import find_neurons
-from defenses.oracle import oracle_scores, oracle_sweep, smallest_cut
+from defenses.methods.oracle import oracle_scores, oracle_sweep, smallest_cut
 
 
 def main(argv=None) -> list[SweepRow]:
-    from defenses.data import load_dataset
-    from defenses.holder import head_layers
+    from defenses.readers.data import load_dataset
+    from defenses.methods.holder import head_layers
     from sample_models import catalog, load_sample
 
     ap = argparse.ArgumentParser(description="The trigger-aware pruning oracle on one shipped sample model.")

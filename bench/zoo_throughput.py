@@ -77,7 +77,7 @@ def ray_rss_mb() -> dict[str, float]:
 def startup_seconds(repeats: int = 3) -> tuple[float, float]:
     import ray
 
-    from defenses.parallel import _connect
+    from defenses.runs.parallel import _connect
 
     ups, downs = [], []
     for _ in range(repeats):
@@ -98,7 +98,7 @@ def write_manifest(truths: list[dict], path: Path) -> None:
 def zoo_run(manifest: Path, settings: dict, workers: int) -> dict:
     import ray
 
-    from defenses.parallel import _connect
+    from defenses.runs.parallel import _connect
     from defenses.scan.zoo import scan_zoo, worker_figures
 
     runs = Path(tempfile.mkdtemp(prefix="zoo-bench-"))

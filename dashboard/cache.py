@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from defenses.poisoned import PoisonedSet, triggered_images
+from defenses.readers.poisoned import PoisonedSet, triggered_images
 
 from . import liveview, rundata
 from .modelsetup import check_choice
@@ -34,7 +34,7 @@ def _mtime(path: Path) -> float:
 
 @st.cache_resource(max_entries=6, show_spinner=False)
 def _model(spec_key: str, shape_key: str, num_classes: int | None):
-    from defenses.inputs import load_model
+    from defenses.runs.inputs import load_model
 
     model, _, _ = load_model(json.loads(spec_key), json.loads(shape_key), num_classes)
     model.eval()
@@ -77,7 +77,7 @@ def model_summary(choice_key: str, n_examples: int = 6) -> dict:
 @st.cache_data(max_entries=16, show_spinner="Perturbing the neurons ...")
 def neuron_noise(choice_key: str, images: int = 512) -> dict:
     """The neuron-noise curve (ANP's premise) of a model choice on its first test images."""
-    from defenses.perturbation import neuron_noise_curve, suspect_label
+    from defenses.methods.perturbation import neuron_noise_curve, suspect_label
 
     choice = json.loads(choice_key)
     model, bundle, _, _ = check_choice(choice["model"], choice["data"], choice.get("trigger"))
@@ -109,7 +109,7 @@ def snapshot(path: str, step: int) -> dict[str, np.ndarray]:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def recovered_triggers(path: str, mtime: float) -> dict | None:
-    from defenses.trigger_recovery import load_recovery
+    from defenses.methods.trigger_recovery import load_recovery
 
     rec = load_recovery(Path(path) / "triggers")
     if rec is None:
@@ -123,7 +123,7 @@ def recovered_triggers(path: str, mtime: float) -> dict | None:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def true_trigger(trigger_key: str, shape_key: str) -> tuple[np.ndarray, np.ndarray] | None:
-    from defenses.triggers import TriggerSpec
+    from defenses.readers.triggers import TriggerSpec
 
     spec = json.loads(trigger_key)
     if not spec or spec.get("kind") == "poisoned":  # a poisoned test set has no pattern and mask
@@ -154,7 +154,7 @@ def pruned_model(run: rundata.FinishedRun, threshold: float) -> torch.nn.Module:
 
 
 def pruned_model_bytes(run: rundata.FinishedRun, threshold: float, manifest: dict) -> bytes:
-    from defenses.checkpoints import safetensors_bytes
+    from defenses.readers.checkpoints import safetensors_bytes
 
     meta = {"prunescope_manifest": json.dumps({k: v for k, v in manifest.items() if k != "pruned"})}
     return safetensors_bytes(pruned_model(run, threshold), metadata=meta)
@@ -197,8 +197,8 @@ def attributions(run_id: str, threshold: float, method: str, n: int = 4) -> dict
 def preflight_message(request_key: str) -> str | None:
     """What ``prunescope run`` would refuse this run for, in one sentence (None: it can start).
     The same check as the command line's, so a run the worker would fail never starts."""
-    from defenses.inputs import preflight
-    from defenses.runs import RunRequest
+    from defenses.runs.inputs import preflight
+    from defenses.runs.folder import RunRequest
 
     from .modelsetup import USER_ERRORS, user_message
 
@@ -211,12 +211,12 @@ def preflight_message(request_key: str) -> str | None:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def run_estimate(request_key: str) -> list[dict]:
-    """Each stage of the run and its measured seconds (defenses.estimate: a few steps of each stage
+    """Each stage of the run and its measured seconds (defenses.runs.estimate: a few steps of each stage
     on this model and machine), once per request."""
     from dataclasses import asdict
 
-    from defenses.estimate import estimate
-    from defenses.runs import RunRequest
+    from defenses.runs.estimate import estimate
+    from defenses.runs.folder import RunRequest
 
     return [asdict(s) for s in estimate(RunRequest(**json.loads(request_key)))]
 
@@ -226,7 +226,7 @@ def recovery_estimate(config_key: str, params_key: str) -> dict:
     """Trigger recovery's measured cost for a finished run's model (its config.json, as JSON)."""
     from dataclasses import asdict
 
-    from defenses.estimate import estimate_recovery
+    from defenses.runs.estimate import estimate_recovery
 
     cfg = json.loads(config_key)
     return asdict(estimate_recovery(cfg["model"], cfg["data"], cfg.get("trigger"), json.loads(params_key),
@@ -245,8 +245,8 @@ def run_inputs(run_id: str, folder: str):
     """(the run's data bundle, its trigger or None), loaded once per run and shared read-only.
     ``folder``: the run folder's absolute path, part of the cache key (a run id names one run only
     within its runs folder)."""
-    from defenses.poisoned import build_trigger
-    from defenses.inputs import load_data
+    from defenses.readers.poisoned import build_trigger
+    from defenses.runs.inputs import load_data
 
     run = finished_run(run_id)
     bundle = load_data(run.config["data"])
@@ -258,7 +258,7 @@ def neuron_activations(run_id: str, folder: str) -> dict:
     """Every neuron's activation on up to 1,000 test images, clean and triggered, and each
     neuron's gap; one forward pass over them, then every card of the run reads from here."""
     from defenses.inspector import activation_gap, layer_activations, victim_indices
-    from defenses.trigger_recovery import RecoveredTrigger
+    from defenses.methods.trigger_recovery import RecoveredTrigger
 
     run = finished_run(run_id)
     bundle, trigger = run_inputs(run_id, folder)
@@ -302,7 +302,7 @@ def neuron_effect(run: rundata.FinishedRun, layer: str, index: int, threshold: f
     kept: two evaluations on the test split the first time, then read from the run folder
     (``inspect/effects.json``), so a second look, in any session, is instant."""
     from defenses.inspector import single_neuron_effect
-    from defenses.runs import read_json, write_json
+    from defenses.runs.folder import read_json, write_json
 
     path = run.path / "inspect" / "effects.json"
     key = f"{layer}:{index}:{threshold:g}"

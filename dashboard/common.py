@@ -18,7 +18,7 @@ from .rundata import fmt_rate, runs_dir
 
 APP_TITLE = "prunescope"
 TAGLINE = "Neuron-pruning defenses against backdoors, live"
-# The words for defenses.runs.RECOVER_ON, shared by the Defend page's choice and the Triggers page.
+# The words for defenses.runs.folder.RECOVER_ON, shared by the Defend page's choice and the Triggers page.
 RECOVERED_ON = {"unlearned": "RNP's unlearned model", "original": "the original model"}
 
 

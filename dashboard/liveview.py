@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from defenses.runs import FINAL, list_snapshots, load_tensors, read_events, read_json, read_status
+from defenses.runs.folder import FINAL, list_snapshots, load_tensors, read_events, read_json, read_status
 
 from .rundata import score_label
 

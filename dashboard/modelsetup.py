@@ -3,7 +3,7 @@
 Plain functions (no Streamlit) so every bad input can be unit-tested with bytes: each raises an
 exception whose message is one sentence for the user (see :func:`user_message`).
 
-Security: uploaded bytes are only ever read by ``defenses.checkpoints.load_state_dict`` (safetensors,
+Security: uploaded bytes are only ever read by ``defenses.readers.checkpoints.load_state_dict`` (safetensors,
 or ``torch.load(weights_only=True)``), so nothing in a file is executed; there is deliberately no
 option to trust pickles. A valid upload is re-saved as safetensors under
 ``<runs_dir>/uploads/<sha256, 16 digits>/<the file's own name>.safetensors`` and the run refers to it
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from defenses.base import ConfigError
-from defenses.checkpoints import CheckpointError, check_finite, human_size, load_state_dict, save_safetensors
-from defenses.data import DataError
-from defenses.models import ARCHITECTURES, ModelError
-from defenses.triggers import TriggerError, TriggerSpec
+from defenses.readers.checkpoints import CheckpointError, check_finite, human_size, load_state_dict, save_safetensors
+from defenses.readers.data import DataError
+from defenses.readers.models import ARCHITECTURES, ModelError
+from defenses.readers.triggers import TriggerError, TriggerSpec
 
 try:  # neurons may not be importable in odd states of the engine; its error is still a ValueError
     from defenses.neurons import NeuronError
@@ -179,7 +179,7 @@ def data_spec(dataset: str, location: str = "", clean_count: int = 500, seed: in
 def spec_choice(path: str, location: str = "", clean_count: int = 500, dataset: str = "") -> dict:
     """The page's model choice from a model spec (``prunescope import``'s spec.json): its model,
     its dataset (or the one given instead, e.g. npz:PATH) and its poisoned test set."""
-    from defenses.modelspec import read_spec
+    from defenses.readers.modelspec import read_spec
 
     if not (path or "").strip():
         raise ValueError("Give the path of the spec.json that `prunescope import` wrote (or its folder).")
@@ -203,7 +203,7 @@ def spec_choice(path: str, location: str = "", clean_count: int = 500, dataset: 
 def normalization_spec(choice: str, custom: str = ""):
     """The model spec's ``normalize`` from the form: None, a preset name, or mean/std from
     "m1,m2,m3 / s1,s2,s3"; one sentence for text that is not that."""
-    from defenses.normalization import resolve
+    from defenses.readers.normalization import resolve
 
     if choice == "none":
         return None
@@ -221,13 +221,13 @@ def normalization_spec(choice: str, custom: str = ""):
 
 def trigger_spec(kind: str, **fields) -> dict | None:
     """A TriggerSpec dict from the page's fields, or None when the trigger is unknown; for a
-    poisoned test set, ``{"kind": "poisoned", "path": ...}`` (read by ``defenses.poisoned``)."""
+    poisoned test set, ``{"kind": "poisoned", "path": ...}`` (read by ``defenses.readers.poisoned``)."""
     if kind == "unknown":
         return None
     if kind == "poisoned":
         if not fields.get("path"):
             raise TriggerError("Upload the poisoned test set (.npz with x_bd and y_bd) or give its path first.")
-        from defenses.poisoned import poisoned_trigger
+        from defenses.readers.poisoned import poisoned_trigger
 
         return poisoned_trigger(fields["path"])
     keep = {"badnets": ("target", "size", "position", "color"), "blend": ("target", "alpha", "seed", "image")}
@@ -241,7 +241,7 @@ def check_choice(model_spec: dict, data: dict, trigger: dict | None):
     """Build everything a run will need, once, to refuse a bad choice before a worker starts:
     the model with its weights, the dataset, the fit between them, and the trigger (the worker's
     own ``load_inputs``). Returns (model, bundle, trigger or None, description)."""
-    from defenses.inputs import load_inputs
+    from defenses.runs.inputs import load_inputs
 
     bundle, model, _, built, title = load_inputs(model_spec, data, trigger)
     return model, bundle, built, title

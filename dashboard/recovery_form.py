@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from defenses.trigger_recovery import TriggerRecoveryConfig
+from defenses.methods.trigger_recovery import TriggerRecoveryConfig
 
 
 def recovery_settings(key: str = "recovery") -> dict:

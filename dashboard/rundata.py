@@ -1,7 +1,7 @@
 """Reading a run folder into plain data for the pages, and the trigger-free triage aids.
 
 No Streamlit here and no training: everything is read from the files the worker wrote
-(``defenses.runs``), or computed from the scores with cheap array arithmetic, so the slider
+(``defenses.runs.folder``), or computed from the scores with cheap array arithmetic, so the slider
 path never evaluates a model. The Streamlit caches that wrap these live in ``dashboard/cache.py``.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from defenses.runs import list_runs, load_tensors, read_json, read_status
+from defenses.runs.folder import list_runs, load_tensors, read_json, read_status
 
 
 def runs_dir() -> Path:
@@ -360,7 +360,7 @@ def rnp_aid(run: FinishedRun) -> dict | None:
 def short_recovery_warning(recovery: dict | None) -> str | None:
     """A sentence when trigger recovery ran fewer steps per label than Neural Cleanse's default:
     an unfinished trigger can flag the wrong label, or none."""
-    from defenses.trigger_recovery import TriggerRecoveryConfig
+    from defenses.methods.trigger_recovery import TriggerRecoveryConfig
 
     recovery = recovery or {}  # recovery.json (its "config") or the Triggers page's cached copy ("steps")
     steps, paper = recovery.get("steps", (recovery.get("config") or {}).get("steps")), TriggerRecoveryConfig().steps

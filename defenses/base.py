@@ -277,9 +277,9 @@ def _load_all():
 
     for mod in ("anp", "rnp", "clp", "holder"):
         try:
-            importlib.import_module(f"defenses.{mod}")
+            importlib.import_module(f"defenses.methods.{mod}")
         except ModuleNotFoundError as e:
-            if e.name != f"defenses.{mod}":
+            if e.name != f"defenses.methods.{mod}":
                 raise
 
 
@@ -288,7 +288,7 @@ MIN_CLEAN = 10
 
 def check_clean_data(clean_data, defense: str, minimum: int = MIN_CLEAN):
     """Refuse a clean set a defense cannot learn from, in one sentence."""
-    from .data import DataError
+    from .readers.data import DataError
 
     n = 0 if clean_data is None else len(clean_data)
     if n < minimum:

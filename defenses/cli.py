@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .cli_request import build_request, model_and_data_args
-from .runs import DEFAULT_RUNS_DIR, FINAL, RECOVER_ON, cancel_run, list_runs, read_events, read_json, read_status
+from .runs.folder import DEFAULT_RUNS_DIR, FINAL, RECOVER_ON, cancel_run, list_runs, read_events, read_json, read_status
 
 
 def follow(run_dir: Path, stream=None) -> str:
@@ -63,8 +63,8 @@ def _fmt(v):
 
 
 def cmd_run(args) -> int:
-    from .inputs import preflight
-    from .runs import start_run
+    from .runs.inputs import preflight
+    from .runs.folder import start_run
 
     request = build_request(args)
     preflight(request)
@@ -81,7 +81,7 @@ def cmd_run(args) -> int:
     res = read_json(run_dir / "result.json")
     b, d = res["baseline"], res["default"]
     print(f"before: ACC {b['acc']:.4f} ASR {_fmt(b['asr'])}")
-    from .normalization import chance_warning
+    from .readers.normalization import chance_warning
 
     warning = chance_warning(b["acc"], res.get("num_classes") or 0)
     if warning:
@@ -232,7 +232,7 @@ def cmd_neuron(args) -> int:
 def cmd_neurons(args) -> int:
     """The neuron layers the tool finds in a model, before any run: what a defense would score."""
     from .neurons import find_neurons
-    from .inputs import load_inputs
+    from .runs.inputs import load_inputs
 
     request = build_request(argparse.Namespace(**vars(args), defense="clp", set=None, demo=False,
                                                no_trigger_recovery=True, recover_on="unlearned", recovery_set=None,
@@ -255,7 +255,7 @@ def cmd_neurons(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from .backdoorbench import import_attack_result
+    from .readers.backdoorbench import import_attack_result
 
     s = import_attack_result(args.path, args.out_dir, trust_pickle=args.trust_pickle)
     c, h, w = s.input_shape
@@ -276,7 +276,7 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_samples(args) -> int:
-    from .sources import source
+    from .readers.sources import source
 
     for name, e in source("sample").catalog().items():
         print(f"{name:18s} ACC {e['acc']:.4f} ASR {e['asr']:.4f}  {e['title']}")
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ValueError, KeyError, OSError) as e:  # OSError: a folder that cannot be written, a file gone
-        from .worker import one_sentence
+        from .runs.worker import one_sentence
 
         print(f"error: {one_sentence(e)}", file=sys.stderr)
         return 2

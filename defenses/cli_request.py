@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from .runs import RunRequest
+from .runs.folder import RunRequest
 
 
 def _parse_value(text: str):
@@ -49,7 +49,7 @@ def _normalization(args):
                 from None
     else:
         spec = getattr(args, "normalize", None)
-    from .normalization import resolve
+    from .readers.normalization import resolve
 
     resolve(spec)  # one sentence now for a bad one
     return None if spec in (None, "", "none") else spec
@@ -67,7 +67,7 @@ def build_request(args) -> RunRequest:
     if getattr(args, "poisoned_test", None):
         if trigger is not None:
             raise ValueError("Give the trigger as --trigger or as --poisoned-test, not both.")
-        from .poisoned import poisoned_trigger
+        from .readers.poisoned import poisoned_trigger
 
         trigger = poisoned_trigger(args.poisoned_test)
     if trigger is None and spec is not None:
@@ -84,7 +84,7 @@ def model_and_data(args) -> tuple[dict, dict, object]:
     normalize = _normalization(args)
     spec = None
     if getattr(args, "spec", None):
-        from .modelspec import read_spec
+        from .readers.modelspec import read_spec
 
         if args.model or args.arch or args.checkpoint or args.arch_kwargs or args.num_classes:
             raise ValueError("Give the model as --spec, or as --model / --arch and --checkpoint, not both (a spec "

@@ -2,7 +2,7 @@
 
 ASR is measured over the test images whose true label is not the target: the fraction that the
 model puts in the target class once the trigger is stamped on them; or, given a poisoned test
-set (``defenses.poisoned``), the fraction of its images the model puts in their attack labels.
+set (``defenses.readers.poisoned``), the fraction of its images the model puts in their attack labels.
 Sweeps are evaluated on the held-out test split, never on the defender's clean set.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from .base import Callback, NullCallback, progress
-from .data import ArraySplit
+from .readers.data import ArraySplit
 from .neurons import NeuronMap, Pruner, count_selected, selection_by_count, selection_by_threshold, standardize
-from .poisoned import PoisonedSet
-from .triggers import Trigger
+from .readers.poisoned import PoisonedSet
+from .readers.triggers import Trigger
 
 
 @torch.no_grad()

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import ArraySplit
+from .readers.data import ArraySplit
 from .evaluation import evaluate
 from .neurons import NeuronMap, Pruner, selection_by_threshold
-from .poisoned import triggered_images
+from .readers.poisoned import triggered_images
 
 ATTRIBUTIONS = ("NeuronGradient", "NeuronIntegratedGradients")
 
@@ -186,8 +186,8 @@ def neuron_report(run_dir, layer: str, index: int, evaluate: bool = False, metho
 
     from .evaluation import sweep_scores
     from .neurons import find_neurons
-    from .inputs import load_inputs
-    from .runs import load_tensors, read_json
+    from .runs.inputs import load_inputs
+    from .runs.folder import load_tensors, read_json
 
     run_dir = Path(run_dir)
     result, config = read_json(run_dir / "result.json"), read_json(run_dir / "config.json")

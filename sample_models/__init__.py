@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from defenses.checkpoints import load_into
+from defenses.readers.checkpoints import load_into
 from defenses.labels import describe_settings
-from defenses.models import build_model
-from defenses.triggers import Trigger, TriggerSpec
+from defenses.readers.models import build_model
+from defenses.readers.triggers import Trigger, TriggerSpec
 
 HERE = Path(__file__).resolve().parent
 CATALOG_PATH = HERE / "catalog.json"
@@ -113,7 +113,7 @@ def load_sample(name: str, device: str | torch.device = "cpu") -> Sample:
 
 def load_for_run(name: str):
     """(model, trigger spec dict or None, title): a sample as a run loads it; ``defenses`` calls this
-    through the ``prunescope.model_sources`` entry point (defenses/sources.py)."""
+    through the ``prunescope.model_sources`` entry point (defenses/readers/sources.py)."""
     s = load_sample(name)
     return s.model, (s.spec.to_dict() if s.spec else None), s.entry["title"]
 

@@ -20,7 +20,7 @@ import sys
 import time
 
 from defenses.base import config_from_dict, get_defense
-from defenses.data import load_dataset
+from defenses.readers.data import load_dataset
 from defenses.evaluation import defense_cuts
 from defenses.neurons import find_neurons
 
@@ -61,7 +61,7 @@ def unlearn(model, rnp_settings: dict, clean):
 
     Unlearning comes first and draws its batches first, so the unlearned model does not depend on
     the recovery's length: one recovery epoch instead of the paper's 20 saves time, nothing else."""
-    from defenses.rnp import RNP, RNPConfig
+    from defenses.methods.rnp import RNP, RNPConfig
 
     cfg = config_from_dict(RNPConfig, dict(rnp_settings or {}))
     return RNP(dataclasses.replace(cfg, recover_epochs=1)).run(model, clean)
@@ -70,7 +70,7 @@ def unlearn(model, rnp_settings: dict, clean):
 def measure_recovery(name: str, settings: dict, data=None) -> dict:
     """Neural Cleanse on RNP's unlearned model, as a run with trigger recovery does it: which labels
     it flags, and how often the target's recovered trigger flips the original model (clean set)."""
-    from defenses.trigger_recovery import TriggerRecovery, TriggerRecoveryConfig
+    from defenses.methods.trigger_recovery import TriggerRecovery, TriggerRecoveryConfig
 
     data = data or load_dataset("mnist5k")
     sample = load_sample(name)

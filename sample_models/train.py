@@ -24,11 +24,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from defenses.checkpoints import save_safetensors
-from defenses.data import ArraySplit, load_dataset
+from defenses.readers.checkpoints import save_safetensors
+from defenses.readers.data import ArraySplit, load_dataset
 from defenses.evaluation import evaluate
-from defenses.models import build_model
-from defenses.triggers import TriggerSpec, poison
+from defenses.readers.models import build_model
+from defenses.readers.triggers import TriggerSpec, poison
 
 from . import CATALOG_PATH, HERE, build_sample_model, catalog
 from .implant import Subnet
@@ -236,7 +236,7 @@ def train_recipe(recipe: dict, seed: int, entries: dict, name: str = "", log=pri
     if recipe.get("extractor_from"):
         donor_entry = entries[recipe["extractor_from"]]
         donor = build_sample_model(donor_entry)
-        from defenses.checkpoints import load_into
+        from defenses.readers.checkpoints import load_into
 
         load_into(donor, HERE / donor_entry["weights"])
         model.extractor.load_state_dict(donor.features.state_dict())

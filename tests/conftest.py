@@ -12,7 +12,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(scope="session")
 def mnist5k():
-    from defenses.data import load_dataset
+    from defenses.readers.data import load_dataset
 
     return load_dataset("mnist5k")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from defenses.data import ArraySplit
+from defenses.readers.data import ArraySplit
 
 HIDDEN = 12
 CLASSES = 2

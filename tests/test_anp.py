@@ -3,7 +3,7 @@ of the sample model trained with the papers' recipe."""
 import pytest
 import torch
 
-from defenses.anp import ANP, ANPConfig
+from defenses.methods.anp import ANP, ANPConfig
 from defenses.evaluation import sweep
 from defenses.neurons import find_neurons
 from sample_models import load_sample

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from defenses.backdoorbench import import_attack_result, read_attack_result
-from defenses.checkpoints import CheckpointError
+from defenses.readers.backdoorbench import import_attack_result, read_attack_result
+from defenses.readers.checkpoints import CheckpointError
 from defenses.cli import main
-from defenses.models import build_model
+from defenses.readers.models import build_model
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)  # BackdoorBench's CIFAR-10 Normalize
 
@@ -124,7 +124,7 @@ def test_import_writes_weights_spec_and_the_poisoned_set_and_a_run_measures_asr_
 
     # the run's inputs from the spec alone (a CIFAR-like npz stands in for the CIFAR-10 folder)
     from defenses.cli import build_request, make_parser
-    from defenses.inputs import load_inputs
+    from defenses.runs.inputs import load_inputs
 
     args = make_parser().parse_args(["run", "--defense", "clp", "--spec", str(out), "--dataset",
                                      f"npz:{record['root'] / 'cifar_like.npz'}"])
@@ -244,7 +244,7 @@ def test_the_model_page_loads_an_imported_spec(record, tmp_path, runs):
     ({"prunescope_spec": 9}, "is not a prunescope model spec"),
 ])
 def test_a_spec_that_would_run_code_or_is_malformed_is_refused(tmp_path, change, fragment):
-    from defenses.modelspec import read_spec, write_spec
+    from defenses.readers.modelspec import read_spec, write_spec
 
     path = write_spec(tmp_path, architecture="cnn", checkpoint="model.safetensors")
     spec = {**json.loads(path.read_text()), **change}

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from defenses.checkpoints import save_safetensors
+from defenses.readers.checkpoints import save_safetensors
 from defenses.cli import main
-from defenses.models import SmallCNN
+from defenses.readers.models import SmallCNN
 
 EVIL_MARK = "/tmp/prunescope_cli_evil_ran"
 
@@ -53,7 +53,7 @@ def write(tmp, case: str) -> str:
     elif case == "torchscript":
         torch.jit.script(cnn().eval()).save(str(path))
     elif case == "resnet_into_cnn":
-        from defenses.models import build_model
+        from defenses.readers.models import build_model
 
         torch.save(build_model("preact_resnet18", 10, 1, 28, width=0.125).state_dict(), path)
     elif case == "classes_43":

@@ -250,7 +250,7 @@ def test_reload_keeps_the_slider_and_the_metrics_together(server, browser):
 
 def test_slider_step_time_idle_and_with_a_run_going(server, browser):
     """Measured, not asserted (these machines are noisy): the note quotes the medians."""
-    from defenses.runs import RunRequest, cancel_run, read_status, start_run
+    from defenses.runs.folder import RunRequest, cancel_run, read_status, start_run
 
     browser.open(f"{server['url']}/explore?run={ANP_RUN}&t=0.05")
     wait_shown(browser, "0.05 · 1 pruned")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from defenses.checkpoints import (CheckpointError, fit_report, load_into, load_state_dict, safetensors_bytes,
+from defenses.readers.checkpoints import (CheckpointError, fit_report, load_into, load_state_dict, safetensors_bytes,
                                   save_safetensors)
-from defenses.models import SmallCNN
+from defenses.readers.models import SmallCNN
 
 
 def small():
@@ -148,7 +148,7 @@ def test_an_unknown_wrapper_names_its_keys_and_where_the_tensors_are(tmp_path):
 
 
 def test_a_users_class_gets_the_class_count_and_channels(tmp_path):
-    from defenses.inputs import load_model
+    from defenses.runs.inputs import load_model
 
     src = tmp_path / "net.py"
     src.write_text(

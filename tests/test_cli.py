@@ -64,7 +64,7 @@ def test_neurons_lists_the_layers_found_and_what_was_left_out(tmp_path, capfd):
     assert "linear: the final classifier" in out
     import torch
 
-    from defenses.models import build_model
+    from defenses.readers.models import build_model
 
     torch.save(build_model("cnn", 10, 1, 28).state_dict(), tmp_path / "mine.pt")
     assert main(["neurons", "--arch", "cnn", "--checkpoint", str(tmp_path / "mine.pt")]) == 0

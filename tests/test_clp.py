@@ -1,4 +1,4 @@
-"""CLP (defenses/clp.py) against SPEC-defenses.md, "CLP": the BN/conv pairing from the traced
+"""CLP (defenses/methods/clp.py) against SPEC-defenses.md, "CLP": the BN/conv pairing from the traced
 graph, the UCLC value computed by hand, the u rule, the Linear case and the refusals."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from defenses.base import DefenseResult, get_defense
-from defenses.clp import CLP, CLPConfig
-from defenses.models import build_model
+from defenses.methods.clp import CLP, CLPConfig
+from defenses.readers.models import build_model
 from defenses.neurons import find_neurons, selection_by_threshold
 
 SHAPE = (3, 32, 32)

@@ -22,10 +22,10 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard import rundata
 from dashboard.modelsetup import UploadError, accept_upload, check_choice, user_message
-from defenses.checkpoints import CheckpointError, safetensors_bytes
-from defenses.models import build_model
-from defenses.runs import RunRequest, create_run, read_status, save_tensors, write_json
-from defenses.trigger_recovery import RecoveredTriggers, save_recovery
+from defenses.readers.checkpoints import CheckpointError, safetensors_bytes
+from defenses.readers.models import build_model
+from defenses.runs.folder import RunRequest, create_run, read_status, save_tensors, write_json
+from defenses.methods.trigger_recovery import RecoveredTriggers, save_recovery
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 PAGES = ["model", "scan", "zoo", "defend", "explore", "compare", "triggers", "learn"]
@@ -579,7 +579,7 @@ def test_neuron_noise_check_on_the_model_page_names_the_target(runs):
 
 
 def test_defend_page_sends_the_trigger_recovery_choice(runs):
-    from defenses.runs import cancel_run
+    from defenses.runs.folder import cancel_run
 
     at = app().run()
     at.switch_page("views/defend.py").run()
@@ -606,7 +606,7 @@ def test_defend_page_sends_the_trigger_recovery_choice(runs):
 
 
 def test_defend_page_sends_the_oracle_choice_and_explore_draws_it(runs):
-    from defenses.runs import cancel_run
+    from defenses.runs.folder import cancel_run
 
     at = app().run()
     at.switch_page("views/defend.py").run()

@@ -1,7 +1,7 @@
 """Dataset loading, offline: every torchvision-backed dataset is exercised on a tiny copy that the
 test writes in the dataset's real on-disk format (CIFAR-10 python batches, MNIST idx files, the
 GTSRB folder tree and CSV, an image folder of PNGs, an npz archive), then read back through
-``defenses.data.load_dataset`` and compared pixel for pixel."""
+``defenses.readers.data.load_dataset`` and compared pixel for pixel."""
 from __future__ import annotations
 
 import gzip
@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from defenses.data import DATASET_NAMES, DataError, load_dataset
+from defenses.readers.data import DATASET_NAMES, DataError, load_dataset
 
 # --------------------------------------------------------------------------------------------
 # helpers

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from defenses.base import all_defenses
-from defenses.runs import RunRequest, create_run, read_json
-from defenses.worker import execute
+from defenses.runs.folder import RunRequest, create_run, read_json
+from defenses.runs.worker import execute
 
 SHOWCASE = "cnn_badnets_centre"
 DEMOS = [n for n, i in all_defenses().items() if i.demo]

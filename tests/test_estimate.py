@@ -2,9 +2,9 @@
 by the steps the settings ask for; the probe leaves the model as it was."""
 import pytest
 
-from defenses import estimate as est
-from defenses.estimate import _StepClock, _steps_cost, estimate, human_seconds
-from defenses.runs import RunRequest
+from defenses.runs import estimate as est
+from defenses.runs.estimate import _StepClock, _steps_cost, estimate, human_seconds
+from defenses.runs.folder import RunRequest
 
 SAMPLE = {"sample": "cnn_badnets_centre"}
 DATA = {"dataset": "mnist5k", "clean_count": 200, "seed": 0}

@@ -1,9 +1,9 @@
 import torch
 
-from defenses.data import ArraySplit
+from defenses.readers.data import ArraySplit
 from defenses.evaluation import accuracy, asr_split, attack_success_rate, sweep
 from defenses.neurons import find_neurons
-from defenses.triggers import TriggerSpec
+from defenses.readers.triggers import TriggerSpec
 from defenses.base import RecordingCallback
 from planted import PLANTED, build_planted, clean_and_test
 

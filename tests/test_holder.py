@@ -1,4 +1,4 @@
-"""Hölder pruning (defenses/holder.py) against SPEC-defenses.md, "Hölder pruning".
+"""Hölder pruning (defenses/methods/holder.py) against SPEC-defenses.md, "Hölder pruning".
 
 Tiny hand-built models (a frozen 1x1-conv extractor and a one-layer MLP head) with expected
 values computed by hand or by an independent brute-force evaluation of the SPEC's formula
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from defenses.base import DefenseResult, get_defense
-from defenses.data import ArraySplit
-from defenses.holder import Holder, HolderConfig, density_threshold
+from defenses.readers.data import ArraySplit
+from defenses.methods.holder import Holder, HolderConfig, density_threshold
 from defenses.neurons import find_neurons, prune, selection_by_threshold
 
 IMAGE = (1, 2, 2)  # features: 2 channels x 2 x 2 = 8
@@ -94,7 +94,7 @@ def test_alpha_one_l2_pre_activation_constant_is_the_weight_row_norm():
     assert list(r.scores) == ["fc"]
     torch.testing.assert_close(r.scores["fc"].double(), expected, rtol=0, atol=1e-5)
     # the same constant as CLP's for a Linear neuron: "at alpha = 1 the method reduces to CLP"
-    from defenses.clp import CLP
+    from defenses.methods.clp import CLP
 
     torch.testing.assert_close(CLP().run(model, clean).scores["fc"].double(), expected, rtol=0, atol=1e-6)
 
@@ -227,7 +227,7 @@ def test_density_threshold_prunes_the_implanted_subnet_of_mlp_head_subnet(mnist5
     mlp_head_badnets (the head trained on poisoned data from scratch), spreads the backdoor over
     24 head neurons and no cut finds it (docs/study.md, finding 8)."""
     from defenses.evaluation import evaluate
-    from defenses.holder import head_layers
+    from defenses.methods.holder import head_layers
     from sample_models import load_sample
     from sample_models.efficacy import meets_bar
     from sample_models.train import poisoned_train_split
@@ -249,7 +249,7 @@ def test_density_threshold_prunes_the_implanted_subnet_of_mlp_head_subnet(mnist5
 
 
 def test_registry_and_result_shape_on_an_mlp_head_model():
-    from defenses.models import build_model
+    from defenses.readers.models import build_model
 
     info = get_defense("holder")
     assert info.cls is Holder and info.config_cls is HolderConfig and info.needs_data

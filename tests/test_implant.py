@@ -2,8 +2,8 @@
 trains only its own path and leaves every clean weight as it was; fine-tuning trains them all."""
 import torch
 
-from defenses.data import ArraySplit
-from defenses.models import build_model
+from defenses.readers.data import ArraySplit
+from defenses.readers.models import build_model
 from sample_models.implant import path_layers
 from sample_models.train import implant
 

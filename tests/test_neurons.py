@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from defenses.models import build_model, MLPHeadModel
+from defenses.readers.models import build_model, MLPHeadModel
 from defenses.neurons import (NeuronError, Pruner, find_neurons, masked_forward, prune, selection_by_count,
                               selection_by_threshold, standardize)
 

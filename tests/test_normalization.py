@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 
-from defenses.checkpoints import save_safetensors
+from defenses.readers.checkpoints import save_safetensors
 from defenses.cli import main
 from defenses.evaluation import evaluate
 from defenses.neurons import find_neurons, prune
-from defenses.normalization import PRESETS, attach, chance_warning, resolve
-from defenses.inputs import load_inputs
+from defenses.readers.normalization import PRESETS, attach, chance_warning, resolve
+from defenses.runs.inputs import load_inputs
 from sample_models import catalog, load_sample
 
 STD = 0.25  # the folded model expects x / 0.25: Normalize(mean=0, std=0.25), exact with zero padding

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from bench.oracle import main
-from defenses.oracle import oracle_scores, oracle_sweep, smallest_cut
+from defenses.methods.oracle import oracle_scores, oracle_sweep, smallest_cut
 from defenses.evaluation import SweepRow
 from defenses.neurons import find_neurons
-from defenses.triggers import TriggerSpec
+from defenses.readers.triggers import TriggerSpec
 from planted import PLANTED, build_planted, clean_and_test
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from defenses.perturbation import neuron_noise_curve, suspect_label
+from defenses.methods.perturbation import neuron_noise_curve, suspect_label
 from planted import build_planted, clean_and_test
 
 
@@ -50,7 +50,7 @@ def test_backdoored_errors_go_to_the_target_and_the_clean_controls_do_not(mnist5
 
 
 def _point(eps, errors_to):
-    from defenses.perturbation import NoisePoint
+    from defenses.methods.perturbation import NoisePoint
 
     total = sum(errors_to)
     top = max(range(len(errors_to)), key=errors_to.__getitem__)
@@ -58,7 +58,7 @@ def _point(eps, errors_to):
 
 
 def test_a_suspect_label_must_top_every_noisy_point_by_a_wide_margin():
-    from defenses.perturbation import suspect_label
+    from defenses.methods.perturbation import suspect_label
 
     piled = [_point(0.0, [0, 5, 0, 0, 0]), _point(0.2, [8, 1, 1, 1, 1]), _point(0.4, [9, 2, 1, 1, 1])]
     assert suspect_label(piled) == 0  # eps 0 is the model's own errors and does not count

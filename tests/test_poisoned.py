@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from defenses.data import DataError
+from defenses.readers.data import DataError
 from defenses.evaluation import asr_split, evaluate, sweep
 from defenses.neurons import find_neurons
-from defenses.poisoned import PoisonedSet, load_poisoned, triggered_images
-from defenses.inputs import preflight
-from defenses.runs import RunRequest, create_run, read_json
-from defenses.worker import execute
+from defenses.readers.poisoned import PoisonedSet, load_poisoned, triggered_images
+from defenses.runs.inputs import preflight
+from defenses.runs.folder import RunRequest, create_run, read_json
+from defenses.runs.worker import execute
 from planted import build_planted, clean_and_test, stamp
 
 
@@ -100,7 +100,7 @@ def test_a_pickled_or_broken_file_is_refused_without_being_run(tmp_path):
 
 
 def test_triggered_images_of_a_poisoned_set_are_its_own_from_start():
-    from defenses.data import ArraySplit
+    from defenses.readers.data import ArraySplit
 
     x = torch.arange(3, dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 1, 2, 2).contiguous()
     p = PoisonedSet(ArraySplit(x, torch.zeros(3, dtype=torch.long)))
@@ -164,7 +164,7 @@ def test_the_cli_takes_a_poisoned_test_set(tmp_path, mnist5k, capsys):
     args = make_parser().parse_args(["run", "--defense", "clp", "--model", "cnn_blend", "--poisoned-test", str(path)])
     trigger = build_request(args).trigger
     assert trigger["kind"] == "poisoned" and trigger["path"] == str(path) and len(trigger["sha256"]) == 64
-    from defenses.poisoned import build_trigger
+    from defenses.readers.poisoned import build_trigger
 
     assert len(build_trigger(trigger, (1, 28, 28), 10)) == 2
     write_npz(path, np.zeros((3, 28, 28), np.uint8), np.zeros(3, int))  # the file changes after the run chose it
@@ -211,7 +211,7 @@ def test_the_model_page_takes_a_poisoned_test_set(tmp_path, runs, mnist5k):
 
 
 def test_a_non_npz_or_oversized_file_gets_one_sentence(tmp_path, monkeypatch):
-    import defenses.poisoned as poisoned
+    import defenses.readers.poisoned as poisoned
 
     np.save(tmp_path / "a.npy", np.zeros(3))
     with pytest.raises(DataError, match="a.npy is not an .npz archive"):
@@ -224,7 +224,7 @@ def test_a_non_npz_or_oversized_file_gets_one_sentence(tmp_path, monkeypatch):
 
 def test_the_oracle_learns_on_a_small_half(tmp_path):
     """A run checks the whole poisoned set (at least 4 images); each half may then be small."""
-    from defenses.oracle import check_oracle_trigger, oracle_scores
+    from defenses.methods.oracle import check_oracle_trigger, oracle_scores
 
     model = build_planted()
     clean, test = clean_and_test()

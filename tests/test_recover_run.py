@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from test_dashboard_app import app, make_run, no_exception, wait_until_final
 
-from defenses.recover_run import recovery_state, recovery_subjects, start_recovery
-from defenses.runs import read_status, write_json
+from defenses.runs.recover_run import recovery_state, recovery_subjects, start_recovery
+from defenses.runs.folder import read_status, write_json
 
 RUN = "20260101-000000-anp-cnn_badnets-aaaa"
 QUICK = {"steps": 10, "batch_size": 16}

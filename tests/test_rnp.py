@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from defenses.evaluation import evaluate
-from defenses.rnp import RNP, RNPConfig
+from defenses.methods.rnp import RNP, RNPConfig
 
 
 @pytest.mark.slow

@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from defenses.runs import (RunRequest, cancel_run, create_run, list_runs, list_snapshots, load_tensors, read_events,
+from defenses.runs.folder import (RunRequest, cancel_run, create_run, list_runs, list_snapshots, load_tensors, read_events,
                            read_json, read_status, start_run, write_json)
-from defenses.worker import execute, fair_threads
+from defenses.runs.worker import execute, fair_threads
 
 SAMPLE = {"sample": "cnn_blend"}  # the smallest sample keeps these tests quick
 DATA = {"dataset": "mnist5k"}
@@ -115,7 +115,7 @@ def test_two_runs_at_once_stay_isolated(tmp_path):
     assert read_json(a / "config.json")["defense"] == "anp" and read_json(b / "config.json")["defense"] == "rnp"
     assert (b / "unlearned.safetensors").exists() and not (a / "unlearned.safetensors").exists()
     # a server restart is a fresh process listing the folder: every run is found
-    out = subprocess.run([sys.executable, "-c", "from defenses.runs import list_runs; import sys;"
+    out = subprocess.run([sys.executable, "-c", "from defenses.runs.folder import list_runs; import sys;"
                           f"print(len(list_runs({str(tmp_path)!r})))"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "2"
 
@@ -138,7 +138,7 @@ def test_a_run_adds_the_oracle_sweep_on_the_defense_s_own_counts(tmp_path):
 
 
 def test_the_oracle_is_refused_without_a_trigger(tmp_path):
-    from defenses.inputs import preflight
+    from defenses.runs.inputs import preflight
     from sample_models import HERE, catalog
 
     entry = catalog()["cnn_blend"]
@@ -150,7 +150,7 @@ def test_the_oracle_is_refused_without_a_trigger(tmp_path):
 
 
 def test_any_run_can_recover_triggers_on_the_original_model(tmp_path):
-    from defenses.trigger_recovery import load_recovery
+    from defenses.methods.trigger_recovery import load_recovery
 
     request = RunRequest(defense="clp", params={}, model=SAMPLE, data=DATA, recover_on="original",
                          recovery_params={"steps": 3, "labels": [0, 3]})

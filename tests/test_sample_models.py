@@ -66,5 +66,5 @@ def test_the_efficacy_table_names_each_defense_and_its_settings_as_a_person_read
     rows = efficacy_rows(catalog()["cnn_blend_subnet"])
     rnp = [r for r in rows if r["Defense"] == "RNP"]
     assert {r["Settings"] for r in rnp} == {"unlearning learning rate 0.001"}  # not the config key unlearn_lr=0.001
-    assert [r["Removed"] for r in rnp if r["Cut"] == "own"] == ["yes"]
+    assert [r["Removed"] for r in rnp if r["Cut"] == "the defense's threshold"] == ["yes"]
     assert {r["Settings"] for r in rows if r["Defense"] == "CLP"} == {"the paper's"}

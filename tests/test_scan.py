@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from defenses.data import ArraySplit, DataError
+from defenses.readers.data import ArraySplit, DataError
 from defenses.scan import ScanConfig, SignalError, all_signals, outlier_scores, scan
 from defenses.scan.base import MAD_CONSTANT
 from defenses.scan.calibrate import cross_entropy, roc_auc, tpr_at_fpr
@@ -115,7 +115,7 @@ def test_a_model_with_one_output_gets_one_sentence(mnist5k):
 
 
 def test_a_model_for_another_input_size_gets_one_sentence(mnist5k):
-    from defenses.models import build_model
+    from defenses.readers.models import build_model
 
     model = build_model("cnn", 10, 3, 32)  # colour 32x32, given 28x28 digits
     with pytest.raises(SignalError, match="does not accept 1x28x28 images"):
@@ -182,7 +182,7 @@ def test_cli_bad_checkpoint_one_sentence(runs, tmp_path, capsys):
 
 
 def test_an_interrupted_scan_resumes_from_the_signals_done(runs):
-    from defenses.runs import write_json
+    from defenses.runs.folder import write_json
     from defenses.scan.folder import create_scan, execute_scan
 
     settings = {"signals": ["weights", "mmbd"], "settings": CHEAP}
@@ -203,7 +203,7 @@ def test_an_interrupted_scan_resumes_from_the_signals_done(runs):
 
 def test_show_accepts_the_path_run_prints(runs, capsys):
     from defenses.cli import main
-    from defenses.runs import write_json
+    from defenses.runs.folder import write_json
 
     d = runs / "20261205-000000-clp-cnn_clean-abcd"
     d.mkdir()

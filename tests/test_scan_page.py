@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import scanview
-from defenses.runs import read_json, write_json
+from defenses.runs.folder import read_json, write_json
 from defenses.scan import all_signals
 from defenses.scan.folder import create_scan, execute_scan, load_verdict
 

@@ -5,7 +5,7 @@ import torch
 
 from defenses.evaluation import accuracy, budget_cut
 from defenses.neurons import find_neurons, prune, selection_by_count
-from defenses.triggers import TriggerSpec
+from defenses.readers.triggers import TriggerSpec
 from planted import PLANTED, build_planted, clean_and_test
 
 
@@ -41,7 +41,7 @@ def test_noise_patch_is_a_seeded_random_grey_pattern_inside_the_patch():
 
 
 def test_rnp_reports_the_unlearning_steps_it_took():
-    from defenses.rnp import RNP, RNPConfig
+    from defenses.methods.rnp import RNP, RNPConfig
     from planted import build_planted_bn
 
     model, clean, _ = build_planted_bn(0)
@@ -53,8 +53,8 @@ def test_rnp_reports_the_unlearning_steps_it_took():
 
 
 def test_head_training_on_cached_features_matches_training_through_the_extractor():
-    from defenses.data import ArraySplit
-    from defenses.models import build_model
+    from defenses.readers.data import ArraySplit
+    from defenses.readers.models import build_model
     from sample_models.train import train_model
 
     g = torch.Generator().manual_seed(0)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from defenses.trigger_recovery import MAD_CONSTANT, TriggerRecovery, TriggerRecoveryConfig, anomaly_index
+from defenses.methods.trigger_recovery import MAD_CONSTANT, TriggerRecovery, TriggerRecoveryConfig, anomaly_index
 
 
 def test_anomaly_index_is_the_scaled_distance_below_the_median():

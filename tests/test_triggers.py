@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from defenses.triggers import Trigger, TriggerError, TriggerSpec, load_image_tensor, poison
+from defenses.readers.triggers import Trigger, TriggerError, TriggerSpec, load_image_tensor, poison
 
 
 def rand_batch(n=4, c=3, h=32, w=32, seed=0):

@@ -17,7 +17,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from dashboard import zooview
-from defenses.runs import write_json
+from defenses.runs.folder import write_json
 from defenses.scan.calibrate import roc_auc
 from defenses.scan.zoo import read_summary, truth_and_scores, write_summary, zoos_dir
 

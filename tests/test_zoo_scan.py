@@ -25,8 +25,8 @@ SLOW = ["--signals", "weights,mmbd", "--set", "mmbd.steps=400", "--set", "mmbd.r
 
 
 def tiny_checkpoint(path: Path, seed: int) -> Path:
-    from defenses.checkpoints import save_safetensors
-    from defenses.models import build_model
+    from defenses.readers.checkpoints import save_safetensors
+    from defenses.readers.models import build_model
 
     torch.manual_seed(seed)
     save_safetensors(build_model("cnn", 10, 1, 28, width=4, hidden=16), str(path))

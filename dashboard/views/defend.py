@@ -13,9 +13,9 @@ from dashboard.liveview import finished_cut, live_score_label, live_view, status
 from dashboard.rundata import cut_cost_warning, describe_run, neurons, run_path, runs_dir, sweep_rows
 from dashboard.scanview import defend_hint
 from defenses.base import all_defenses, config_from_dict
-from defenses.estimate import human_seconds
+from defenses.runs.estimate import human_seconds
 from defenses.labels import describe_settings
-from defenses.runs import RECOVER_ON, RunRequest, cancel_run, list_runs, start_run
+from defenses.runs.folder import RECOVER_ON, RunRequest, cancel_run, list_runs, start_run
 from sample_models import catalog, measured_settings, recovery_claim, recovery_sentence
 
 st.title("Defend")

@@ -11,7 +11,7 @@ import streamlit as st
 from dashboard import cache, figures, rundata
 from dashboard.common import fmt_rate, page_link, pick_finished_run, save_threshold, saved_threshold
 from defenses.evaluation import acc_budget_cut
-from defenses.normalization import chance_warning
+from defenses.readers.normalization import chance_warning
 
 st.title("Explore a finished run")
 url_run, url_t = st.query_params.get("run"), st.query_params.get("t")  # a link or a reload: ?run=ID&t=0.3

@@ -10,9 +10,9 @@ from dashboard.common import (USER_ERRORS, current_choice, default_sample, fmt_r
 from dashboard.modelsetup import (DATASETS, DEFAULT_MAX_UPLOAD_MB, POSITIONS, accept_poisoned_upload, accept_upload,
                                   architecture_name, data_spec, normalization_spec, parse_kwargs, spec_choice, stored_upload,
                                   trigger_spec)
-from defenses.normalization import PRESETS as NORM_PRESETS, chance_warning
+from defenses.readers.normalization import PRESETS as NORM_PRESETS, chance_warning
 from dashboard.rundata import runs_dir
-from defenses.models import ARCHITECTURES
+from defenses.readers.models import ARCHITECTURES
 from sample_models import catalog, efficacy_rows, recovery_claim, recovery_sentence, training_summary
 
 # The own-weights form's values before anything is chosen (session state, not value=, sets them:

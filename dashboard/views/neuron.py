@@ -13,7 +13,7 @@ import streamlit as st
 from dashboard import cache, figures, neuron_figures, rundata
 from dashboard.common import USER_ERRORS, fmt_rate, pick_finished_run, saved_threshold, show_error
 from defenses.inspector import ATTRIBUTIONS, neuron_card
-from defenses.runs import list_snapshots
+from defenses.runs.folder import list_snapshots
 
 st.title("Neuron inspector")
 url = {k: st.query_params.get(k) for k in ("run", "layer", "index", "t")}

@@ -6,9 +6,9 @@ import streamlit as st
 from dashboard import cache, figures, rundata
 from dashboard.attributions import METHODS
 from dashboard.liveview import fmt_duration
-from defenses.estimate import human_seconds
+from defenses.runs.estimate import human_seconds
 from dashboard.recovery_form import recovery_settings
-from defenses.recover_run import cancel_recovery, recovery_state, recovery_subjects, start_recovery
+from defenses.runs.recover_run import cancel_recovery, recovery_state, recovery_subjects, start_recovery
 from sample_models import catalog
 from dashboard.common import (RECOVERED_ON, USER_ERRORS, fmt_rate, save_threshold, saved_threshold,
                               show_error)
@@ -22,7 +22,7 @@ st.caption("Neural Cleanse reverse-engineers, for every label, the smallest mask
 
 def recover_for_a_finished_run(finished: list[dict]) -> None:
     """Recovery for a run that finished without it (the ANP demo, say): started here, in a process
-    of its own (defenses.recover_run), into the run's folder; its progress is drawn live."""
+    of its own (defenses.runs.recover_run), into the run's folder; its progress is drawn live."""
     without = [r for r in finished if not (r["path"] / "triggers" / "recovery.json").exists()]
     if not without:
         st.caption("Every finished run has its triggers recovered.")

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ..trigger_recovery import MAD_CONSTANT  # makes the MAD of a normal sample estimate its standard deviation
+from ..methods.trigger_recovery import MAD_CONSTANT  # makes the MAD of a normal sample estimate its standard deviation
 
 
 class SignalError(ValueError):

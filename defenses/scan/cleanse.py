@@ -1,7 +1,7 @@
 """Neural Cleanse on the original model: is one label's trigger abnormally small?
 
 Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural Networks",
-IEEE S&P 2019, run through ``defenses.trigger_recovery`` (one mask and pattern per label, the
+IEEE S&P 2019, run through ``defenses.methods.trigger_recovery`` (one mask and pattern per label, the
 smallest mask that sends clean images to it). The paper's rule flags a label whose anomaly index
 of the raw mask L1 exceeds 2 (``own_rule``). The scan's evidence is -log(L1): on a log scale a
 13-fold outlier stands out even when the other labels' masks spread widely (the product's run on
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from ..base import check_range
-from ..trigger_recovery import TriggerRecovery, TriggerRecoveryConfig
+from ..methods.trigger_recovery import TriggerRecovery, TriggerRecoveryConfig
 from .base import from_evidence, register_signal
 
 

@@ -21,9 +21,9 @@ import traceback
 from pathlib import Path
 
 from ..base import NullCallback
-from ..inputs import load_inputs
-from ..runs import DEFAULT_RUNS_DIR, _alive, read_json, reap, resolve_device_name, write_json
-from ..worker import Cancelled, one_sentence
+from ..runs.inputs import load_inputs
+from ..runs.folder import DEFAULT_RUNS_DIR, _alive, read_json, reap, resolve_device_name, write_json
+from ..runs.worker import Cancelled, one_sentence
 from .base import SignalResult
 from .scanner import ScanConfig, Verdict, scan
 

@@ -2,7 +2,7 @@
 
 Wu and Wang, "Adversarial Neuron Pruning Purifies Backdoored Deep Models", NeurIPS 2021 (Fig. 1):
 a backdoored network under neuron noise misclassifies clean images mostly *into the target*.
-``defenses.perturbation.neuron_noise_curve`` measures the errors and their destinations at each
+``defenses.methods.perturbation.neuron_noise_curve`` measures the errors and their destinations at each
 noise bound; this signal sums the destinations over the bounds > 0. Evidence per class: log(1 +
 errors sent to it). The p-value tests the top class against the even share 1 / (K - 1) with a
 binomial tail, Bonferroni-corrected for K classes; it is anti-conservative (a clean network's
@@ -20,7 +20,7 @@ import math
 import torch
 
 from ..base import check_range
-from ..perturbation import neuron_noise_curve, suspect_label
+from ..methods.perturbation import neuron_noise_curve, suspect_label
 from .base import from_evidence, register_signal
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..base import Callback, NullCallback, progress
-from ..data import ArraySplit, DataError
+from ..readers.data import ArraySplit, DataError
 from .base import SignalError, SignalResult, all_signals, outlier_scores
 
 CALIBRATION = Path(__file__).resolve().parent / "calibration.json"

@@ -19,7 +19,7 @@ import torch
 
 from ..base import check_range
 from ..evaluation import predict
-from ..rnp import RNP, RNPConfig
+from ..methods.rnp import RNP, RNPConfig
 from .base import from_evidence, register_signal
 from .noise import binomial_p
 

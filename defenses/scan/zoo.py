@@ -24,8 +24,8 @@ import socket
 import time
 from pathlib import Path
 
-from ..runs import DEFAULT_RUNS_DIR, _alive, read_json, write_json
-from ..worker import one_sentence
+from ..runs.folder import DEFAULT_RUNS_DIR, _alive, read_json, write_json
+from ..runs.worker import one_sentence
 from .manifest import ZooRow, read_manifest
 from .report import THRESHOLD
 
@@ -102,7 +102,7 @@ def scan_zoo(manifest, settings: dict | None = None, *, runs_dir=DEFAULT_RUNS_DI
              base=None, progress=lambda tally, d: None) -> Path:
     """Scan every model of ``manifest``; returns the zoo folder. Ctrl-C cancels what has not finished
     (recorded as cancelled, done on the next invocation) and re-raises."""
-    from ..parallel import Tally, run_all
+    from ..runs.parallel import Tally, run_all
 
     settings = settings or {}
     rows = read_manifest(manifest, base)

@@ -1,6 +1,6 @@
 """The run's worker: the process that runs one defense into its run folder.
 
-``python -m defenses.worker work RUN_DIR`` (started by :func:`defenses.runs.start_run` in a new
+``python -m defenses.runs.worker work RUN_DIR`` (started by :func:`defenses.runs.folder.start_run` in a new
 session, below the server's priority) reads ``config.json``, loads the inputs, runs the defense
 with a callback that writes progress, snapshots and probes into the folder, then the sweeps, the
 oracle and trigger recovery when asked, and records the final state. Every failure is kept in the
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from .base import NullCallback, config_from_dict, get_defense
+from ..base import NullCallback, config_from_dict, get_defense
 from .inputs import load_inputs
-from .poisoned import PoisonedSet
-from .runs import jsonable, list_runs, read_json, resolve_device_name, save_tensors, write_json
+from ..readers.poisoned import PoisonedSet
+from .folder import jsonable, list_runs, read_json, resolve_device_name, save_tensors, write_json
 
 PROBE_IMAGES = 300  # test images in each live probe of the pruned model's ACC/ASR
 
@@ -151,8 +151,8 @@ def execute(run_dir: str | Path) -> str:
 
 
 def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
-    from .evaluation import evaluate, selection_key, sweep
-    from .neurons import count_selected, find_neurons, prune, selection_by_threshold
+    from ..evaluation import evaluate, selection_key, sweep
+    from ..neurons import count_selected, find_neurons, prune, selection_by_threshold
 
     device = resolve_device_name(cfg.get("device", "auto"))
     torch.manual_seed(cfg["params"].get("seed", 0))
@@ -226,7 +226,7 @@ def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
 
     if cfg.get("oracle") and trigger is not None:
         cb.emit(type="stage", stage="oracle")
-        from .oracle import oracle_scores, oracle_sweep, smallest_cut
+        from ..methods.oracle import oracle_scores, oracle_sweep, smallest_cut
 
         t0 = time.perf_counter()
         iterations = cfg.get("oracle_iterations", 400)
@@ -248,14 +248,14 @@ def _execute(run_dir: Path, cfg: dict, cb: RunFolderCallback) -> str:
 
     unlearned = result.extras.get("unlearned_model")
     if unlearned is not None:
-        from .checkpoints import save_safetensors
+        from ..readers.checkpoints import save_safetensors
 
         save_safetensors(unlearned, str(run_dir / "unlearned.safetensors"))
     on = cfg.get("recover_on", "unlearned")
     subject = model if on == "original" else unlearned
     if cfg.get("recover_triggers", True) and subject is not None:
         cb.emit(type="stage", stage="trigger recovery")
-        from .trigger_recovery import TriggerRecovery, TriggerRecoveryConfig, save_recovery
+        from ..methods.trigger_recovery import TriggerRecovery, TriggerRecoveryConfig, save_recovery
 
         recovery = TriggerRecovery(config_from_dict(TriggerRecoveryConfig, cfg.get("recovery_params") or {}))
         rec = recovery.run(subject, data.clean, callback=cb, device=device, original_model=model)
@@ -292,7 +292,7 @@ def main(argv=None):
         _lower_priority()
         state = execute(argv[1])
         sys.exit(0 if state == "done" else 1)
-    print("usage: python -m defenses.worker work RUN_DIR", file=sys.stderr)
+    print("usage: python -m defenses.runs.worker work RUN_DIR", file=sys.stderr)
     sys.exit(2)
 
 

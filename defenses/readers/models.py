@@ -77,7 +77,7 @@ class PreActBlock(nn.Module):
 
 class PreActResNet18(nn.Module):
     """``final_bn=False`` is BackdoorBench's variant: no BatchNorm and ReLU before the pooling,
-    its state dict key for key (``defenses.backdoorbench``)."""
+    its state dict key for key (``defenses.readers.backdoorbench``)."""
 
     def __init__(self, num_classes=10, in_channels=3, image_size=32, width: float = 1.0, final_bn: bool = True):
         super().__init__()

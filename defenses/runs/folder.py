@@ -13,7 +13,7 @@ A run is a folder ``<runs_dir>/<run_id>/`` holding
 
 Every file except the appended event log is written atomically (temporary name, then rename),
 so a reader never sees half a file; a reader skips a torn last event line.
-Each run executes in its own process (``python -m defenses.worker work RUN_DIR``, :mod:`defenses.worker`) in a new session,
+Each run executes in its own process (``python -m defenses.runs.worker work RUN_DIR``, :mod:`defenses.runs.worker`) in a new session,
 so a crash or cancel never touches the web server, and the run outlives a server restart.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .base import check_range, config_from_dict, get_defense
+from ..base import check_range, config_from_dict, get_defense
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
@@ -71,7 +71,7 @@ def jsonable(o):
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from .checkpoints import save_safetensors
+    from ..readers.checkpoints import save_safetensors
 
     save_safetensors({k: v.detach().float().cpu() for k, v in tensors.items()}, str(path))
 
@@ -121,8 +121,8 @@ RECOVER_ON = ("unlearned", "original")  # RNP's unlearned model (RNP runs only),
 
 def check_recovery(request: RunRequest) -> None:
     """Refuse, in one sentence, trigger-recovery settings that cannot work."""
-    from .base import ConfigError
-    from .trigger_recovery import TriggerRecoveryConfig
+    from ..base import ConfigError
+    from ..methods.trigger_recovery import TriggerRecoveryConfig
 
     if request.recover_on not in RECOVER_ON:
         raise ConfigError(f"Trigger recovery runs on the 'unlearned' or the 'original' model, "
@@ -153,7 +153,7 @@ def start_run(request: RunRequest, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> P
     """Create the run folder and start its worker process; returns at once."""
     run_dir = create_run(request, runs_dir)
     log = open(run_dir / "worker.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "defenses.worker", "work", str(run_dir)], stdout=log, stderr=log,
+    proc = subprocess.Popen([sys.executable, "-m", "defenses.runs.worker", "work", str(run_dir)], stdout=log, stderr=log,
                             stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
     log.close()
     status = read_json(run_dir / "status.json", {})

@@ -11,12 +11,12 @@ the dataset's statistics (``get_dataset_normalization``). The import writes, int
   pooling; its ``resnet18``, ``vgg19_bn`` and the others are torchvision's own constructors, as
   BackdoorBench calls them, so ``tv:NAME`` here);
 - ``bd_test.npz``: its poisoned test images (``x_bd``, ``y_bd``, ``y_true``), the run's ASR set
-  (``defenses.poisoned``), when they can be read without BackdoorBench installed. Three layouts
+  (``defenses.readers.poisoned``), when they can be read without BackdoorBench installed. Three layouts
   are known: the current one keeps the images as PNG files beside the .pt
   (``bd_test_dataset/<label>/<index>.png``, listed in ``bd_data_container["data_dict"]``); older
   ones hold ``{"x", "y"}`` in the file itself (a tensor, or PIL images);
 - ``spec.json``: architecture, class count, input shape, the dataset's normalisation and name,
-  and the poisoned set (``defenses.modelspec``), read by ``prunescope run --spec`` and the
+  and the poisoned set (``defenses.readers.modelspec``), read by ``prunescope run --spec`` and the
   dashboard.
 
 The file is read with ``torch.load(weights_only=True)`` and an explicit allowlist of numpy's

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import NullCallback, config_from_dict, get_defense
+from ..base import NullCallback, config_from_dict, get_defense
 
 
 # A first step (with the stage's set-up) this long is measured alone: a full-width ResNet on a CPU
@@ -88,11 +88,11 @@ def estimate(request, steps: int = 5, budget_s: float = 2.0) -> list[Stage]:
     """The stages a run of ``request`` (a RunRequest) will go through, each with its measured cost
     in seconds on this machine now. Costs a few of each stage's steps (about a second each here
     for the samples; one step of each for a large model on a CPU)."""
-    from .evaluation import default_thresholds, evaluate
+    from ..evaluation import default_thresholds, evaluate
     from .inputs import load_inputs
-    from .neurons import find_neurons
-    from .poisoned import PoisonedSet
-    from .runs import resolve_device_name
+    from ..neurons import find_neurons
+    from ..readers.poisoned import PoisonedSet
+    from .folder import resolve_device_name
     from .worker import PROBE_IMAGES
 
     device = resolve_device_name(request.device)
@@ -126,7 +126,7 @@ def estimate(request, steps: int = 5, budget_s: float = 2.0) -> list[Stage]:
     stages.append(Stage("sweeps", f"the sweeps (up to {evaluations} evaluations)", evaluations * one_eval, upper_bound=True))
 
     if request.oracle and trigger is not None:
-        from .oracle import oracle_scores
+        from ..methods.oracle import oracle_scores
 
         learn_on = trigger.halves()[0] if isinstance(trigger, PoisonedSet) else trigger
         iterations = request.oracle_iterations
@@ -134,7 +134,7 @@ def estimate(request, steps: int = 5, budget_s: float = 2.0) -> list[Stage]:
                                                         device=device, callback=cb), steps, budget_s)
         stages.append(Stage("oracle", f"the oracle, {iterations} iterations", _steps_cost(clock, done) + 11 * one_eval))
 
-    # the worker recovers on RNP's unlearned model, or on the original when asked (defenses.worker)
+    # the worker recovers on RNP's unlearned model, or on the original when asked (defenses.runs.worker)
     if request.recover_triggers and (request.recover_on == "original" or request.defense == "rnp"):
         # the unlearned model RNP leaves has the original's architecture: the same cost per step
         stages.append(_recovery_stage(model, data, request.recovery_params, device, steps, budget_s))
@@ -142,7 +142,7 @@ def estimate(request, steps: int = 5, budget_s: float = 2.0) -> list[Stage]:
 
 
 def _live_probes(defense: str, config) -> int:
-    """How many live probes the worker makes during the defense (defenses.worker: ANP and RNP, at
+    """How many live probes the worker makes during the defense (defenses.runs.worker: ANP and RNP, at
     each snapshot: every ``snapshot_every`` ANP iterations and the last; each RNP recovery epoch)."""
     if defense == "anp":
         return math.ceil(config.iterations / config.snapshot_every)
@@ -152,7 +152,7 @@ def _live_probes(defense: str, config) -> int:
 
 
 def _recovery_stage(model, data, params: dict | None, device, steps: int, budget_s: float) -> Stage:
-    from .trigger_recovery import TriggerRecovery, TriggerRecoveryConfig
+    from ..methods.trigger_recovery import TriggerRecovery, TriggerRecoveryConfig
 
     rec = TriggerRecovery(config_from_dict(TriggerRecoveryConfig, params or {}))
     clock, done = _clocked(lambda cb: rec.run(model, data.clean, callback=cb, device=device), steps, budget_s)
@@ -162,9 +162,9 @@ def _recovery_stage(model, data, params: dict | None, device, steps: int, budget
 
 def estimate_recovery(model_spec: dict, data_spec: dict, trigger: dict | None = None, params: dict | None = None,
                       device: str = "auto", steps: int = 5, budget_s: float = 2.0) -> Stage:
-    """Trigger recovery alone, for a run that finished without it (defenses.recover_run)."""
+    """Trigger recovery alone, for a run that finished without it (defenses.runs.recover_run)."""
     from .inputs import load_inputs
-    from .runs import resolve_device_name
+    from .folder import resolve_device_name
 
     device = resolve_device_name(device)
     data, model, _, _, _ = load_inputs(model_spec, data_spec, trigger)

@@ -47,9 +47,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Callback, DefenseResult, NullCallback, check_range, progress, register, resolve_device
-from .neurons import NeuronLayer, NeuronMap, find_neurons
-from .norms import NORM_LABELS
+from ..base import Callback, DefenseResult, NullCallback, check_range, progress, register, resolve_device
+from ..neurons import NeuronLayer, NeuronMap, find_neurons
+from ..norms import NORM_LABELS
 
 _BN = nn.modules.batchnorm._BatchNorm
 

@@ -31,7 +31,7 @@ class SpecError(ValueError):
 
 @dataclass
 class ModelSpec:
-    model: dict  # what defenses.runs.load_model takes (architecture, checkpoint as an absolute path, ...)
+    model: dict  # what defenses.runs.folder.load_model takes (architecture, checkpoint as an absolute path, ...)
     dataset: str | None = None
     image_size: int | None = None
     poisoned_test: str | None = None  # absolute path of the poisoned test set, if the spec has one

@@ -5,7 +5,7 @@ stage of a run asked for before Start. This recovers triggers into an existing r
 (``triggers/``, as the worker's own stage writes it) on the run's original model, or on RNP's
 unlearned model when the run kept one, in a process of its own:
 
-    python -m defenses.recover_run RUN_DIR
+    python -m defenses.runs.recover_run RUN_DIR
 
 reads ``triggers/job.json`` (written by :func:`start_recovery`: where to recover and Neural
 Cleanse's settings) and keeps its state and progress there; the run's own ``status.json`` is left
@@ -22,8 +22,8 @@ import time
 import traceback
 from pathlib import Path
 
-from .base import NullCallback, config_from_dict
-from .runs import RECOVER_ON, _alive, read_json, reap, write_json
+from ..base import NullCallback, config_from_dict
+from .folder import RECOVER_ON, _alive, read_json, reap, write_json
 
 JOB = "job.json"
 
@@ -41,7 +41,7 @@ def recovery_subjects(run_dir: str | Path) -> list[str]:
 def start_recovery(run_dir: str | Path, on: str = "original", params: dict | None = None) -> None:
     """Start recovering triggers for a finished run, in a process of its own; returns at once.
     Raises ValueError with one sentence for a run that cannot have it."""
-    from .trigger_recovery import TriggerRecoveryConfig
+    from ..methods.trigger_recovery import TriggerRecoveryConfig
 
     run_dir = Path(run_dir)
     status = read_json(run_dir / "status.json", {})
@@ -56,7 +56,7 @@ def start_recovery(run_dir: str | Path, on: str = "original", params: dict | Non
     job_path(run_dir).parent.mkdir(exist_ok=True)
     write_json(job_path(run_dir), {"state": "queued", "on": on, "params": params or {}, "created": time.time()})
     log = open(run_dir / "triggers" / "recovery.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "defenses.recover_run", str(run_dir)], stdout=log, stderr=log,
+    proc = subprocess.Popen([sys.executable, "-m", "defenses.runs.recover_run", str(run_dir)], stdout=log, stderr=log,
                             stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
     log.close()
     job = read_json(job_path(run_dir), {})
@@ -109,10 +109,10 @@ class _Cancelled(BaseException):
 
 def execute(run_dir: str | Path) -> str:
     """Recover the triggers ``triggers/job.json`` asks for into the run folder; returns the state."""
-    from .checkpoints import load_state_dict
+    from ..readers.checkpoints import load_state_dict
     from .inputs import load_inputs
-    from .runs import resolve_device_name
-    from .trigger_recovery import TriggerRecovery, TriggerRecoveryConfig, save_recovery
+    from .folder import resolve_device_name
+    from ..methods.trigger_recovery import TriggerRecovery, TriggerRecoveryConfig, save_recovery
     from .worker import one_sentence
 
     run_dir = Path(run_dir)
@@ -152,7 +152,7 @@ def execute(run_dir: str | Path) -> str:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m defenses.recover_run RUN_DIR", file=sys.stderr)
+        print("usage: python -m defenses.runs.recover_run RUN_DIR", file=sys.stderr)
         sys.exit(2)
     from .worker import _lower_priority
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import Callback, NullCallback, check_clean_data, progress, check_range, resolve_device
-from .data import ArraySplit
-from .neurons import working_copy
+from ..base import Callback, NullCallback, check_clean_data, progress, check_range, resolve_device
+from ..readers.data import ArraySplit
+from ..neurons import working_copy
 
 MAD_CONSTANT = 1.4826
 
@@ -169,7 +169,7 @@ class TriggerRecovery:
 
 
 def save_recovery(folder: Path, rec: RecoveredTriggers) -> None:
-    from .checkpoints import save_safetensors
+    from ..readers.checkpoints import save_safetensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

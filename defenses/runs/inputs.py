@@ -8,22 +8,22 @@ from pathlib import Path
 
 import torch
 
-from .base import get_defense
-from .runs import RunRequest, resolve_device_name
+from ..base import get_defense
+from .folder import RunRequest, resolve_device_name
 
 def load_model(model_spec: dict, data_shape=None, num_classes=None):
     """(model, trigger spec dict or None from the sample catalog, description). The spec's
-    ``normalize`` (a preset name or mean/std) goes in front of the model (defenses.normalization)."""
-    from .normalization import attach as attach_normalization
+    ``normalize`` (a preset name or mean/std) goes in front of the model (defenses.readers.normalization)."""
+    from ..readers.normalization import attach as attach_normalization
 
     if "sample" in model_spec:
-        from .sources import source
+        from ..readers.sources import source
 
         model, trigger, title = source("sample").load_for_run(model_spec["sample"])
         attach_normalization(model, model_spec.get("normalize"), (data_shape or (1,))[0])
         return model, trigger, title
-    from .checkpoints import CheckpointError, load_into, load_state_dict
-    from .models import architectures_fitting, build_model
+    from ..readers.checkpoints import CheckpointError, load_into, load_state_dict
+    from ..readers.models import architectures_fitting, build_model
 
     arch = model_spec["architecture"]
     c, h, _ = model_spec.get("input_shape") or data_shape
@@ -50,7 +50,7 @@ def load_model(model_spec: dict, data_shape=None, num_classes=None):
 
 
 def load_data(data_spec: dict):
-    from .data import load_dataset
+    from ..readers.data import load_dataset
 
     spec = dict(data_spec)
     name = spec.pop("dataset", "mnist5k")
@@ -59,7 +59,7 @@ def load_data(data_spec: dict):
 
 def check_model_fits_data(model, data) -> None:
     """One forward pass on two test images; a channel or class mismatch becomes one sentence."""
-    from .data import DataError
+    from ..readers.data import DataError
 
     x = data.test.images(torch.arange(min(2, len(data.test))))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -82,7 +82,7 @@ def load_inputs(model_spec: dict, data_spec: dict, trigger_dict: dict | None):
     """(data, model, trigger dict, trigger, title): the run's inputs loaded and checked to fit;
     the trigger is the one asked for (a recipe or a poisoned test set), else the sample's own,
     else None."""
-    from .poisoned import build_trigger
+    from ..readers.poisoned import build_trigger
 
     data = load_data(data_spec)
     model, sample_trigger, title = load_model(model_spec, data.shape, data.num_classes)
@@ -96,10 +96,10 @@ def preflight(request: RunRequest) -> None:
     """Load the run's inputs here, before a run folder or a worker exists, so bad input (a broken
     checkpoint, the wrong dataset, a clean set too small, a trigger that does not fit) is refused
     in one sentence instead of becoming a failed run."""
-    from .base import check_clean_data
+    from ..base import check_clean_data
 
-    from .base import config_from_dict
-    from .neurons import find_neurons
+    from ..base import config_from_dict
+    from ..neurons import find_neurons
 
     resolve_device_name(request.device)
     info = get_defense(request.defense)
@@ -113,7 +113,7 @@ def preflight(request: RunRequest) -> None:
         raise ValueError("The oracle needs the trigger, and this model has none on record: give one or leave the "
                          "oracle off.")
     if request.oracle:
-        from .oracle import check_oracle_trigger
+        from ..methods.oracle import check_oracle_trigger
 
         check_oracle_trigger(trigger)
 

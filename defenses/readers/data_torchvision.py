@@ -1,13 +1,13 @@
 """torchvision-backed datasets: CIFAR-10, MNIST, GTSRB and image folders, read from a local root.
 
-:func:`load` is what :func:`defenses.data.load_dataset` calls for every name other than
-``mnist5k`` and ``npz:PATH``. Everything comes back as a :class:`~defenses.splits.DataBundle` of
+:func:`load` is what :func:`defenses.readers.data.load_dataset` calls for every name other than
+``mnist5k`` and ``npz:PATH``. Everything comes back as a :class:`~defenses.readers.splits.DataBundle` of
 uint8 N x C x H x W tensors: CIFAR-10 and MNIST straight from the arrays torchvision reads (no
 per-image PIL round trip), GTSRB and image folders decoded with PIL and resized to
 ``image_size`` x ``image_size`` (default 32). The defender's clean set is drawn from the training
-split with :func:`defenses.splits.split_clean`; the test split is the dataset's own.
+split with :func:`defenses.readers.splits.split_clean`; the test split is the dataset's own.
 
-Every failure is a :class:`~defenses.splits.DataError` whose message is one sentence saying what
+Every failure is a :class:`~defenses.readers.splits.DataError` whose message is one sentence saying what
 was wrong and what to do; no raw torchvision ``RuntimeError`` or ``FileNotFoundError`` escapes.
 
 Security note: CIFAR-10's python batches are pickles. torchvision only unpickles them after their

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .anp import adversarial_noise
-from .base import Callback, NullCallback, progress, resolve_device
-from .data import ArraySplit
-from .neurons import find_neurons, masked_forward, working_copy
+from ..base import Callback, NullCallback, progress, resolve_device
+from ..readers.data import ArraySplit
+from ..neurons import find_neurons, masked_forward, working_copy
 
 DEFAULT_EPS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 

@@ -8,7 +8,7 @@ each) is accepted wherever a trigger is: the ASR is the fraction of ``x_bd`` the
 
 - ``x_bd``: N x H x W x C or N x C x H x W (or N x H x W for one channel), uint8 in 0..255 or
   floats in [0, 1], in pixel space like every image here (the model's normalisation is applied
-  in front of the model, ``defenses.normalization``);
+  in front of the model, ``defenses.readers.normalization``);
 - ``y_bd``: N integer labels (one target for all-to-one attacks, per image for all-to-all);
 - ``y_true`` (optional): each image's true label. Rows whose true label is already their attack
   label are dropped (they say nothing about the backdoor, as ASR excludes the target class), and

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import (Callback, DefenseResult, NullCallback, check_clean_data, check_range, log_every, register,
+from ..base import (Callback, DefenseResult, NullCallback, check_clean_data, check_range, log_every, register,
                    progress, resolve_device)
-from .data import ArraySplit
-from .neurons import NeuronMap, find_neurons, masked_forward, working_copy
+from ..readers.data import ArraySplit
+from ..neurons import NeuronMap, find_neurons, masked_forward, working_copy
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class ANPConfig:
         check_range("snapshot_every", self.snapshot_every, 1, 1_000_000, integer=True)
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
         if self.augment not in ("auto", "none", "crop_flip"):
-            from .base import ConfigError
+            from ..base import ConfigError
 
             raise ConfigError(f"augment must be 'auto', 'none' or 'crop_flip', got {self.augment!r}.")
 

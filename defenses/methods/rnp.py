@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 
 from .anp import resolve_augment, restrict
-from .base import (Callback, ConfigError, DefenseResult, NullCallback, check_clean_data, check_range, register,
+from ..base import (Callback, ConfigError, DefenseResult, NullCallback, check_clean_data, check_range, register,
                    progress, resolve_device)
-from .data import ArraySplit
-from .neurons import find_neurons, masked_forward, working_copy
+from ..readers.data import ArraySplit
+from ..neurons import find_neurons, masked_forward, working_copy
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from .anp import restrict
-from .base import Callback, NullCallback, progress
-from .data import ArraySplit
-from .evaluation import SweepRow, sweep
-from .neurons import NeuronMap, find_neurons, masked_forward, working_copy
-from .poisoned import PoisonedSet
-from .triggers import Trigger
+from ..base import Callback, NullCallback, progress
+from ..readers.data import ArraySplit
+from ..evaluation import SweepRow, sweep
+from ..neurons import NeuronMap, find_neurons, masked_forward, working_copy
+from ..readers.poisoned import PoisonedSet
+from ..readers.triggers import Trigger
 
 
 def check_oracle_trigger(trigger, minimum: int = 4) -> None:

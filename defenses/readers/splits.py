@@ -1,7 +1,7 @@
 """The in-memory dataset types every loader returns, and the defender's clean split.
 
 Images are uint8 ``(N, C, H, W)`` with int64 labels; batches come out as float tensors in [0, 1].
-These live apart from :mod:`defenses.data` (which names datasets and loads them) so that the
+These live apart from :mod:`defenses.readers.data` (which names datasets and loads them) so that the
 torchvision loaders can use them without importing the module that imports them.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-# The names :func:`defenses.data.load_dataset` understands, for error messages in every loader.
+# The names :func:`defenses.readers.data.load_dataset` understands, for error messages in every loader.
 DATASET_NAMES = ("mnist5k", "cifar10", "mnist", "gtsrb", "folder:PATH", "npz:PATH")
 
 class DataError(ValueError):

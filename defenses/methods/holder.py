@@ -64,10 +64,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import (Callback, ConfigError, DefenseResult, NullCallback, check_clean_data, check_range, log_every,
+from ..base import (Callback, ConfigError, DefenseResult, NullCallback, check_clean_data, check_range, log_every,
                    progress, register, resolve_device)
-from .data import ArraySplit
-from .neurons import NeuronMap, find_neurons, working_copy
+from ..readers.data import ArraySplit
+from ..neurons import NeuronMap, find_neurons, working_copy
 
 INPUT_EPS = 8 / 255  # the input-space radius unit, the usual L-infinity budget on [0, 1] images
 GRID_POINTS = 1024
