@@ -313,6 +313,8 @@ def test_main_flow_sample_defend_watch_explore(runs):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["params"] == {"iterations": 30, "snapshot_every": 10}  # only what was changed
     assert config["model"] == {"sample": "cnn_blend"}
+    if read_status(run_dir)["state"] in ("queued", "running"):  # the form folds: the live charts come up near Start
+        assert any("a run is going" in e.label for e in at.expander), [e.label for e in at.expander]
     at.run()  # the live view while it runs (or after)
     no_exception(at, "defend live")
     assert at.get("progress")

@@ -15,7 +15,7 @@ from dashboard.scanview import defend_hint
 from defenses.base import all_defenses, config_from_dict
 from defenses.runs.estimate import human_seconds
 from defenses.labels import describe_settings
-from defenses.runs.folder import RECOVER_ON, RunRequest, cancel_run, list_runs, start_run
+from defenses.runs.folder import RECOVER_ON, RunRequest, cancel_run, list_runs, read_status, start_run
 from sample_models import catalog, measured_settings, recovery_claim, recovery_sentence
 
 st.title("Defend")
@@ -65,7 +65,11 @@ def show_estimate(request: RunRequest, recover: bool, recovery_cost) -> None:
 
 
 params = None
-with st.expander("Hyperparameters (defaults are the paper's)", expanded=True):
+# Folded while the watched run works: open, the form put the live charts 400 px below Start.
+_watched = st.session_state.get("run_id")
+_working = bool(_watched) and read_status(run_path(_watched)).get("state") in ("queued", "running")
+with st.expander("Hyperparameters (defaults are the paper's)" + (" · a run is going, see below" if _working else ""),
+                 expanded=not _working):
     if info.demo:
         st.button(f"Use the demo budget ({describe_settings(info.demo)})",
                   key="demo", on_click=_use_preset, args=(name, info.demo), icon=":material/bolt:")
@@ -143,6 +147,8 @@ if c3.button("Start", type="primary", key="start", disabled=request is None or r
         st.toast(f"Started {run_dir.name}")
     except USER_ERRORS as e:
         show_error(e)
+    else:
+        st.rerun()  # the page again with the form folded, so the live charts come up near Start
 
 # ---------------------------------------------------------------- runs and the live view
 
