@@ -199,18 +199,27 @@ def _alive(pid) -> bool:
         return True
 
 
+def read_state(path: str | Path, died: str, default: dict | None = None, persist: bool = False) -> dict:
+    """A worker's state file (a run's status, a scan's, a recovery's job). One whose process died
+    without a word reads as failed with ``died``; ``persist`` writes that down (with the time)."""
+    path = Path(path)
+    state = read_json(path, default if default is not None else {})
+    if state.get("state") in ("running", "queued") and state.get("pid") and not _alive(state["pid"]):
+        time.sleep(0.05)  # the worker may be writing its last state right now
+        state = read_json(path, state)
+        if state.get("state") in ("running", "queued"):
+            state = {**state, "state": "failed", "error": died}
+            if persist:
+                state["finished"] = time.time()
+                write_json(path, state)
+    return state
+
+
 def read_status(run_dir: str | Path) -> dict:
     """The run's status; a run whose worker died without a word is marked failed here."""
-    run_dir = Path(run_dir)
-    status = read_json(run_dir / "status.json", {"state": "failed", "error": "The run folder has no status file."})
-    if status.get("state") in ("running", "queued") and status.get("pid") and not _alive(status["pid"]):
-        time.sleep(0.05)  # the worker may be writing its last status right now
-        status = read_json(run_dir / "status.json", status)
-        if status.get("state") in ("running", "queued"):
-            status.update(state="failed", finished=time.time(),
-                          error="The worker process ended unexpectedly (killed, or out of memory); start the run again.")
-            write_json(run_dir / "status.json", status)
-    return status
+    return read_state(Path(run_dir) / "status.json",
+                      "The worker process ended unexpectedly (killed, or out of memory); start the run again.",
+                      default={"state": "failed", "error": "The run folder has no status file."}, persist=True)
 
 
 def read_events(run_dir: str | Path, since: int = 0) -> list[dict]:

@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 
 from ..base import NullCallback, config_from_dict
-from .folder import RECOVER_ON, _alive, read_json, reap, write_json
+from .folder import RECOVER_ON, read_json, read_state, reap, write_json
 
 JOB = "job.json"
 
@@ -69,13 +69,7 @@ def start_recovery(run_dir: str | Path, on: str = "original", params: dict | Non
 def recovery_state(run_dir: str | Path) -> dict:
     """``{"state": queued|running|done|failed|cancelled, "step", "total", "error"}`` of the last
     recovery started for this run, or ``{}`` when none was; a dead process is reported failed."""
-    job = read_json(job_path(run_dir), {})
-    if job.get("state") in ("queued", "running") and job.get("pid") and not _alive(job["pid"]):
-        time.sleep(0.05)
-        job = read_json(job_path(run_dir), job)
-        if job.get("state") in ("queued", "running"):
-            job.update(state="failed", error="The recovery process ended unexpectedly (killed, or out of memory).")
-    return job
+    return read_state(job_path(run_dir), "The recovery process ended unexpectedly (killed, or out of memory).")
 
 
 def cancel_recovery(run_dir: str | Path) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..base import NullCallback
 from ..runs.inputs import load_inputs
-from ..runs.folder import DEFAULT_RUNS_DIR, _alive, read_json, reap, resolve_device_name, write_json
+from ..runs.folder import DEFAULT_RUNS_DIR, read_json, read_state, reap, resolve_device_name, write_json
 from ..runs.worker import Cancelled, one_sentence
 from .base import SignalResult
 from .scanner import ScanConfig, Verdict, scan
@@ -97,12 +97,8 @@ def list_scans(runs_dir=DEFAULT_RUNS_DIR) -> list[dict]:
 
 
 def read_scan_status(d) -> dict:
-    status = read_json(Path(d) / "status.json", {})
-    pid = status.get("pid")
-    if status.get("state") in ("queued", "running") and pid and not _alive(pid):
-        status = {**status, "state": "failed", "error": "The scan's worker stopped without finishing; start it "
-                                                       "again to resume from the signals already done."}
-    return status
+    return read_state(Path(d) / "status.json", "The scan's worker stopped without finishing; start it again to resume "
+                                                "from the signals already done.")
 
 
 def load_verdict(d) -> Verdict | None:
