@@ -172,12 +172,16 @@ def reap(proc: subprocess.Popen) -> None:
 
 def cancel_run(run_dir: str | Path) -> bool:
     """Ask a running worker to stop (SIGTERM); it records ``cancelled``. False if not running."""
-    status = read_status(run_dir)
-    pid = status.get("pid")
-    if status.get("state") not in ("queued", "running") or not pid:
+    return stop_worker(read_status(run_dir))
+
+
+def stop_worker(state: dict) -> bool:
+    """SIGTERM to the worker a state file names while it is queued or running; False otherwise
+    (each worker turns SIGTERM into its ``cancelled`` state)."""
+    if state.get("state") not in ("queued", "running") or not state.get("pid"):
         return False
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(int(state["pid"]), signal.SIGTERM)
     except ProcessLookupError:
         return False
     return True

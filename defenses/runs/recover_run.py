@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 
 from ..base import NullCallback, config_from_dict
-from .folder import RECOVER_ON, read_json, read_state, reap, write_json
+from .folder import RECOVER_ON, read_json, read_state, reap, stop_worker, write_json
 
 JOB = "job.json"
 
@@ -74,14 +74,7 @@ def recovery_state(run_dir: str | Path) -> dict:
 
 def cancel_recovery(run_dir: str | Path) -> bool:
     """Ask a recovery in progress to stop (SIGTERM); it records ``cancelled``. False if none runs."""
-    job = recovery_state(run_dir)
-    if job.get("state") not in ("queued", "running") or not job.get("pid"):
-        return False
-    try:
-        os.kill(int(job["pid"]), signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    return True
+    return stop_worker(recovery_state(run_dir))
 
 
 class _JobCallback(NullCallback):
