@@ -21,5 +21,10 @@ def test_trigger_recovered_on_the_unlearned_model_flips_the_original(name, mnist
     got = measure_recovery(name, recorded["settings"], mnist5k)
     assert recovery_meets_bar(entry, got), got
     assert got["flagged"] == recorded["flagged"], (got, recorded)
-    assert got["asr_original"] == pytest.approx(recorded["asr_original"], abs=0.005), (got, recorded)
-    assert got["anomaly"] == pytest.approx(recorded["anomaly"], abs=0.05), (got, recorded)
+    # Not bit for bit across machines, unlike the pruning claims: Neural Cleanse's 3000 Adam steps
+    # amplify the last bits of the CPU's float kernels. The same code and weights on two threads gave
+    # anomaly 4.35 and 87.8% where the catalog was written, 4.00 and 88.3% on an AVX-512 machine, 4.08
+    # and 87.4% there with its kernels capped at AVX2 (docs/recovery.md, finding 7). The bar above and
+    # the flagged labels are exact; the numbers must agree within that spread.
+    assert got["asr_original"] == pytest.approx(recorded["asr_original"], abs=0.01), (got, recorded)
+    assert got["anomaly"] == pytest.approx(recorded["anomaly"], abs=0.5), (got, recorded)
