@@ -2,9 +2,10 @@ import os
 import sys
 
 # OpenMP threads that wait for work sleep instead of spinning. The suite runs on two workers
-# (pytest-xdist); with spinning threads, two 2-thread ANP runs side by side on 2 cores took 45 s
-# each against 12 s alone, with sleeping ones 21 s each (the same masks). Set before torch loads
-# its OpenMP; run folders' workers and the dashboard started by tests inherit it.
+# (pytest-xdist); with spinning threads, two 2-thread ANP runs side by side on 2 cores took 4.3x
+# their time alone, with sleeping ones 1.8x, the masks the same (python -m bench.omp_wait,
+# docs/suite.md). Set before torch loads its OpenMP; run folders' workers and the dashboard
+# started by tests inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
