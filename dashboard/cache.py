@@ -142,26 +142,26 @@ def _neuron_map(path: str, _run: rundata.FinishedRun):
     return find_neurons(run_model(_run), tuple(_run.result["input_shape"]))
 
 
-def pruned_model(run: rundata.FinishedRun, threshold: float) -> torch.nn.Module:
-    """A pruned copy of the run's model at a sweep threshold (zeroing weights; no evaluation)."""
+def pruned_model(run: rundata.FinishedRun, cut) -> torch.nn.Module:
+    """A pruned copy of the run's model at a cut of its sweep (zeroing weights; no evaluation)."""
     from defenses.neurons import prune
 
     model = run_model(run)
     nmap = _neuron_map(str(run.path), run)
-    sel = rundata.selected(rundata.sweep_units(run.scores, run.suspicious), threshold, run.suspicious)
+    sel = rundata.cut_selection(run, cut)
     return prune(model, nmap, {k: torch.from_numpy(np.asarray(v)) for k, v in sel.items()},
                  run.result.get("prune_rule", "gamma"))
 
 
-def pruned_model_bytes(run: rundata.FinishedRun, threshold: float, manifest: dict) -> bytes:
+def pruned_model_bytes(run: rundata.FinishedRun, cut, manifest: dict) -> bytes:
     from defenses.readers.checkpoints import safetensors_bytes
 
     meta = {"prunescope_manifest": json.dumps({k: v for k, v in manifest.items() if k != "pruned"})}
-    return safetensors_bytes(pruned_model(run, threshold), metadata=meta)
+    return safetensors_bytes(pruned_model(run, cut), metadata=meta)
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing attributions ...")
-def attributions(run_id: str, threshold: float, method: str, n: int = 4) -> dict:
+def attributions(run_id: str, cut, method: str, n: int = 4) -> dict:
     """Attribution maps of the original and the pruned model on ``n`` clean and ``n`` triggered
     test images (the first test images whose label is not the target)."""
     from defenses.inspector import victim_indices
@@ -181,7 +181,7 @@ def attributions(run_id: str, threshold: float, method: str, n: int = 4) -> dict
         else:
             titles += [f"trig. {int(y)}" for y in bundle.test.y[idx]]
     x_all = torch.cat(inputs)
-    before_model, after_model = run_model(run), pruned_model(run, threshold)
+    before_model, after_model = run_model(run), pruned_model(run, cut)
     out = {"images": x_all.numpy(), "titles": titles}
     for name, model in (("before", before_model), ("after", after_model)):
         pred = predictions(model, x_all)
@@ -297,22 +297,21 @@ def neuron_maps(run_id: str, layer: str, index: int, method: str, image: int, fo
     return out
 
 
-def neuron_effect(run: rundata.FinishedRun, layer: str, index: int, threshold: float) -> dict:
-    """ACC/ASR with this neuron alone pruned and with the cut at ``threshold`` but this neuron
+def neuron_effect(run: rundata.FinishedRun, layer: str, index: int, cut) -> dict:
+    """ACC/ASR with this neuron alone pruned and with the cut (a threshold or a count) but this neuron
     kept: two evaluations on the test split the first time, then read from the run folder
     (``inspect/effects.json``), so a second look, in any session, is instant."""
     from defenses.inspector import single_neuron_effect
     from defenses.runs.folder import read_json, write_json
 
     path = run.path / "inspect" / "effects.json"
-    key = f"{layer}:{index}:{threshold:g}"
+    key = f"{layer}:{index}:{rundata.cut_text(cut)}"
     done = read_json(path, {}) or {}
     if key not in done:
         bundle, trigger = run_inputs(run.run_id, str(run.path.resolve()))
-        sel = rundata.selected(rundata.sweep_units(run.scores, run.suspicious), threshold, run.suspicious)
-        cut = {k: torch.from_numpy(np.asarray(v)) for k, v in sel.items()}
+        sel = {k: torch.from_numpy(np.asarray(v)) for k, v in rundata.cut_selection(run, cut).items()}
         got = single_neuron_effect(run_model(run), _neuron_map(str(run.path), run), layer, index, bundle.test,
-                                   trigger, cut, run.result.get("prune_rule", "gamma"))
+                                   trigger, sel, run.result.get("prune_rule", "gamma"))
         done = read_json(path, {}) or {}  # another session may have added some meanwhile
         done[key] = {k: {m: (None if v != v else v) for m, v in r.items()} for k, r in got.items()}
         path.parent.mkdir(exist_ok=True)

@@ -243,12 +243,15 @@ ASR_FLOOR = 0.001  # ASR 0 on the tradeoff chart's log axis: drawn at 0.1%
 
 def tradeoff_figure(rows: Sequence[Mapping], selected: float | None = None, acc_window: float = 0.25) -> go.Figure:
     """ACC against ASR, one point per threshold (labelled with it); the chosen point ringed.
-    This whole chart needs the test trigger: a defender without it cannot draw it.
+    This whole chart needs the test trigger: a defender without it cannot draw it. A row may name
+    its cut for a click (``key``, e.g. ``n16`` below the threshold grid), a person (``label``)
+    and the comparison with ``selected`` (``cut``); plain sweep rows use their threshold.
 
     ASR on a log axis and ACC zoomed to the best ``acc_window``: on linear axes every good cut
     (ASR 0-3%, ACC within a point or two) sat in one 10 px corner, and a click there picked a
     neighbour. Points below the window are left out of the view (zoom out to see them)."""
-    t = [r["threshold"] for r in rows]
+    t = [r.get("key", r["threshold"]) for r in rows]
+    names = [r.get("label", f"threshold {r['threshold']:g}") for r in rows]
     asr = [r["asr"] for r in rows]
     acc = [r["acc"] for r in rows]
     top = max((a for a in acc if a is not None), default=1.0)
@@ -261,15 +264,20 @@ def tradeoff_figure(rows: Sequence[Mapping], selected: float | None = None, acc_
     shown = [max(a, ASR_FLOOR) if a is not None else None for a in asr]
     fig.add_trace(go.Scatter(x=shown, y=acc, customdata=t,
                              mode="lines+markers", name="thresholds",
-                             hovertext=[f"threshold {v:g}<br>ASR {100 * a:.1f}%<br>ACC {100 * c:.1f}%"
-                                        if a is not None and c is not None else f"threshold {v:g}"
-                                        for v, a, c in zip(t, asr, acc)],
+                             hovertext=[f"{v}<br>ASR {100 * a:.1f}%<br>ACC {100 * c:.1f}%"
+                                        if a is not None and c is not None else v for v, a, c in zip(names, asr, acc)],
                              hoverinfo="text", line=dict(color=ASR_COLOR, dash="dash")))
-    chosen = [i for i, r in enumerate(rows) if selected is not None and np.isclose(r["threshold"], selected)]
+    def is_selected(r) -> bool:
+        cut = r.get("cut", r["threshold"])
+        if isinstance(cut, (int, float)) and isinstance(selected, (int, float)):
+            return bool(np.isclose(cut, selected))
+        return cut == selected
+
+    chosen = [i for i, r in enumerate(rows) if selected is not None and is_selected(r)]
     if chosen:
         i = chosen[0]
         fig.add_trace(go.Scatter(x=[shown[i]], y=[acc[i]], customdata=[t[i]], mode="markers",
-                                 name=f"chosen ({t[i]:g})",
+                                 name=f"chosen ({names[i]})",
                                  marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(width=3, color="black"))))
     # four ticks a decade apart (more overlapped at half width); 0 is drawn at 0.1%
     fig.update_xaxes(type="log", range=[np.log10(ASR_FLOOR) - 0.1, 0.05], tickvals=[ASR_FLOOR, 0.01, 0.1, 1.0],

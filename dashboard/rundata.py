@@ -10,6 +10,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,32 @@ def explorable_runs() -> list[dict]:
 # ---------------------------------------------------------------- a finished run
 
 
+@dataclass(frozen=True)
+class Count:
+    """A cut below the threshold grid: the ``n`` most suspicious neurons, ties in layer order (the
+    engine's count sweep; RNP's prune-by-number). Offered only where the grid's lowest threshold
+    prunes neurons that all tie (RNP's masks at exactly 0): no threshold cuts between them, and
+    without these points the slider could not prune fewer (issue 27: ACC 84% at the lowest)."""
+    n: int
+
+
+def cut_text(cut) -> str:
+    """A cut as text for the URL, file names and keys: ``0.3`` (a threshold), ``n16`` (a count)."""
+    return f"n{cut.n}" if isinstance(cut, Count) else f"{cut:g}"
+
+
+def cut_words(cut) -> str:
+    """A cut for a sentence: "threshold 0.2", "the 16 most suspicious neurons (ties in layer order)"."""
+    return f"the {neurons(cut.n)} most suspicious (ties in layer order)" if isinstance(cut, Count) \
+        else f"threshold {cut:g}"
+
+
+def parse_cut(text) -> "float | Count":
+    """The inverse of :func:`cut_text`; ValueError on anything else (a hand-edited URL)."""
+    text = str(text).strip()
+    return Count(int(text[1:])) if text[:1] == "n" else float(text)
+
+
 @dataclass
 class FinishedRun:
     run_id: str
@@ -89,6 +116,45 @@ class FinishedRun:
     @property
     def thresholds(self) -> list[float]:
         return [r["threshold"] for r in self.rows]
+
+    @cached_property
+    def below_grid(self) -> list[dict]:
+        """The count sweep's points that prune fewer neurons than the lowest threshold, when every
+        neuron that threshold prunes has the same score (nothing to cut between); else none."""
+        if not self.rows or not self.rows[0]["n_pruned"]:
+            return []
+        units = sweep_units(self.scores, self.suspicious)
+        sel = selected(units, self.rows[0]["threshold"], self.suspicious)
+        tied = np.concatenate([units[k][sel[k]] for k in units])
+        if tied.size == 0 or tied.min() != tied.max():
+            return []
+        return [r for r in self.sweep.get("count", []) if r["n_pruned"] < self.rows[0]["n_pruned"]]
+
+    @property
+    def cuts(self) -> list:
+        """The slider's points, fewest neurons first: counts below the grid, then the thresholds."""
+        return [Count(r["n_pruned"]) for r in self.below_grid] + self.thresholds
+
+    def row(self, cut) -> dict:
+        """The precomputed sweep point of a cut (a threshold off the grid: the nearest one)."""
+        if isinstance(cut, Count):
+            return next(r for r in self.sweep.get("count", []) if r["n_pruned"] == cut.n)
+        return row_at(self.rows, cut)
+
+    def slider_text(self, cut) -> str:
+        """A slider point: "0.2 · 12 pruned", or below the grid "16 of the 37 tied · 16 pruned"."""
+        if isinstance(cut, Count):
+            return f"{cut.n} of the {self.rows[0]['n_pruned']} tied · {cut.n} pruned"
+        return f"{cut:g} · {self.row(cut)['n_pruned']} pruned"
+
+    def cut_rows(self) -> list[dict]:
+        """Every slider point's sweep row, with its cut (``"cut"``), its text for a chart's click
+        (``"key"``) and its name for a person (``"label"``)."""
+        tied = self.rows[0]["n_pruned"] if self.rows else 0
+        below = [dict(r, cut=Count(r["n_pruned"]), key=f"n{r['n_pruned']}",
+                      label=f"{r['n_pruned']} of the {tied} tied") for r in self.below_grid]
+        return below + [dict(r, cut=r["threshold"], key=f"{r['threshold']:g}", label=f"threshold {r['threshold']:g}")
+                        for r in self.rows]
 
     @property
     def asr_known(self) -> bool:
@@ -136,10 +202,10 @@ def oracle_cut_neurons(run: FinishedRun) -> set[tuple[str, int]]:
     return (run.oracle or {}).get("cut_neurons", set())
 
 
-def oracle_overlap(run: FinishedRun, threshold: float) -> tuple[int, int]:
-    """(how many of the oracle's cut the threshold prunes, the size of that cut)."""
+def oracle_overlap(run: FinishedRun, cut) -> tuple[int, int]:
+    """(how many of the oracle's cut the chosen cut prunes, the size of that cut)."""
     wanted = oracle_cut_neurons(run)
-    pruned = {(n["layer"], n["index"]) for n in pruned_neurons(run, threshold)}
+    pruned = {(n["layer"], n["index"]) for n in pruned_neurons(run, cut)}
     return len(wanted & pruned), len(wanted)
 
 
@@ -167,14 +233,27 @@ def selected(units: dict[str, np.ndarray], threshold: float, suspicious: str) ->
     return {k: v.numpy() for k, v in sel.items()}
 
 
+def cut_selection(run: FinishedRun, cut) -> dict[str, np.ndarray]:
+    """Boolean arrays of the neurons a cut prunes: a threshold by :func:`selected`, a count by the
+    engine's count rule (the same neurons as its count sweep)."""
+    units = sweep_units(run.scores, run.suspicious)
+    if not isinstance(cut, Count):
+        return selected(units, cut, run.suspicious)
+    from defenses.neurons import selection_by_count
+
+    sel = selection_by_count({k: torch.as_tensor(v) for k, v in units.items()}, cut.n, run.suspicious)
+    return {k: v.numpy() for k, v in sel.items()}
+
+
 def row_at(rows: list[dict], threshold: float) -> dict:
     """The precomputed sweep point of a threshold (the nearest one if it is not on the grid)."""
     return min(rows, key=lambda r: abs(r["threshold"] - threshold))
 
 
-def threshold_from_selection(event) -> float | None:
-    """The threshold of the first clicked point of a Plotly selection event (the sweep charts
-    carry each point's threshold in ``customdata``); None when nothing usable was clicked."""
+def threshold_from_selection(event) -> "float | Count | None":
+    """The cut of the first clicked point of a Plotly selection event (the sweep charts carry
+    each point's threshold, or a count's text ``n16``, in ``customdata``); None when nothing
+    usable was clicked."""
     try:
         points = event["selection"]["points"]
     except (KeyError, TypeError):
@@ -185,6 +264,11 @@ def threshold_from_selection(event) -> float | None:
             data = data[0] if data else None
         if isinstance(data, (int, float)) and not isinstance(data, bool):
             return float(data)
+        if isinstance(data, str):
+            try:
+                return parse_cut(data)
+            except ValueError:
+                continue
     return None
 
 
@@ -206,22 +290,24 @@ def default_threshold(run: FinishedRun) -> float:
     return min(run.rows, key=lambda r: (abs(r["n_pruned"] - n), r["threshold"]))["threshold"]
 
 
-def starting_threshold(run: FinishedRun, saved=None, from_url=None) -> float:
-    """Where a run's slider starts: the threshold chosen for it earlier in this session, else the
-    one in the URL (a reload or a shared link), else the defense's own cut; always a grid point."""
-    options = run.thresholds
-    if saved in options:
+def starting_threshold(run: FinishedRun, saved=None, from_url=None):
+    """Where a run's slider starts: the cut chosen for it earlier in this session, else the one in
+    the URL (a reload or a shared link), else the defense's own cut; always one of ``run.cuts``."""
+    if saved in run.cuts:
         return saved
     try:
-        return nearest(options, float(from_url)) if from_url is not None else default_threshold(run)
-    except (TypeError, ValueError):  # a hand-edited URL: start from the defense's own cut
+        cut = parse_cut(from_url) if from_url is not None else default_threshold(run)
+    except ValueError:  # a hand-edited URL: start from the defense's own cut
         return default_threshold(run)
+    if isinstance(cut, Count):
+        return cut if cut in run.cuts else default_threshold(run)
+    return nearest(run.thresholds, cut)
 
 
-def suspicious_table(run: FinishedRun, threshold: float, top: int = 20) -> list[dict]:
-    """The ``top`` most suspicious neurons over all layers, and whether the threshold prunes them."""
+def suspicious_table(run: FinishedRun, cut, top: int = 20) -> list[dict]:
+    """The ``top`` most suspicious neurons over all layers, and whether the cut prunes them."""
     units = sweep_units(run.scores, run.suspicious)
-    sel = selected(units, threshold, run.suspicious)
+    sel = cut_selection(run, cut)
     rows = []
     for layer, s in run.scores.items():
         for i, (v, u) in enumerate(zip(np.asarray(s, dtype=float), units[layer])):
@@ -260,24 +346,25 @@ def neuron_from_histogram_click(event, shown: dict[str, np.ndarray], suspicious:
     return None
 
 
-def pruned_neurons(run: FinishedRun, threshold: float) -> list[dict]:
-    units = sweep_units(run.scores, run.suspicious)
-    sel = selected(units, threshold, run.suspicious)
+def pruned_neurons(run: FinishedRun, cut) -> list[dict]:
+    sel = cut_selection(run, cut)
     return [{"layer": layer, "index": int(i), "score": float(run.scores[layer][i])}
             for layer, mask in sel.items() for i in np.flatnonzero(mask)]
 
 
-def manifest(run: FinishedRun, threshold: float) -> dict:
+def manifest(run: FinishedRun, cut) -> dict:
     """What the exported model is: which run, which cut, which neurons, and its ACC/ASR before
-    and after, all from the run folder."""
-    row = row_at(run.rows, threshold)
-    neurons = pruned_neurons(run, threshold)
+    and after, all from the run folder. A count below the grid has no threshold (``None``)."""
+    row = run.row(cut)
+    neurons = pruned_neurons(run, cut)
     base = run.result.get("baseline", {})
     return {
         "run_id": run.run_id,
         "defense": run.defense,
         "model": run.config.get("model"),
-        "threshold": threshold,
+        "threshold": None if isinstance(cut, Count) else cut,
+        **({"count": cut.n, "count_rule": "the most suspicious neurons, ties in layer order"}
+           if isinstance(cut, Count) else {}),
         "threshold_units": "mask value" if run.suspicious == "low" else "u (std-devs above the layer mean)",
         "suspicious": run.suspicious,
         "rule": run.result.get("prune_rule"),
@@ -406,9 +493,13 @@ def cut_cost_warning(baseline_acc, cut: dict | None, rows: list[dict], within: f
     if kept:
         best = min(kept, key=lambda r: (r["asr"] if r.get("asr") is not None and r["asr"] == r["asr"] else 2.0,
                                         -r["acc"]))
-        return (head + f": threshold {best['threshold']:g} prunes {best['n_pruned']} and keeps ACC "
-                f"{fmt_rate(best['acc'])} (ASR {fmt_rate(best.get('asr'))}), so {choose} rather than the own cut.")
-    fewest = min((r for r in rows if r.get("acc") is not None), key=lambda r: r["n_pruned"], default=None)
+        where = (f"pruning {best['label']} (the slider's points below the lowest threshold)"
+                 if isinstance(best.get("cut"), Count) else
+                 f"threshold {best['threshold']:g} prunes {best['n_pruned']} and")
+        return (head + f": {where} keeps ACC {fmt_rate(best['acc'])} (ASR {fmt_rate(best.get('asr'))}), so {choose} "
+                "rather than the own cut.")
+    fewest = min((r for r in rows if r.get("acc") is not None and r["n_pruned"] > 0), key=lambda r: r["n_pruned"],
+                 default=None)
     low = (f" (the fewest neurons swept, {fewest['n_pruned']}, already leave ACC {fmt_rate(fewest['acc'])})"
            if fewest else "")
     return (head + f", and no swept cut keeps ACC within {100 * within:.0f} points{low}: run the defense again "
@@ -416,8 +507,9 @@ def cut_cost_warning(baseline_acc, cut: dict | None, rows: list[dict], within: f
 
 
 def sweep_rows(run_dir: Path) -> list[dict]:
-    """The finished run's sweep by threshold (empty before it is written)."""
-    return (read_json(Path(run_dir) / "sweep.json", {}) or {}).get("threshold", [])
+    """The finished run's slider points, counts below the threshold grid included (see
+    :meth:`FinishedRun.cut_rows`); empty before its sweep is written."""
+    return load_finished(run_dir).cut_rows() if is_finished(run_dir) else []
 
 
 def cached_effects(run_dir: Path) -> dict:

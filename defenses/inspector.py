@@ -146,7 +146,9 @@ def neuron_attribution(model: nn.Module, layer: str, index: int, x: torch.Tensor
 def neuron_card(scores: dict[str, np.ndarray], suspicious: str, threshold, layer: str, index: int,
                 units: dict[str, np.ndarray] | None = None) -> dict:
     """Score, rank among all neurons and in its layer (1 = most suspicious), and whether the cut
-    prunes it. ``units``: the scores on the sweep's scale when they differ (constants as u)."""
+    prunes it. ``threshold``: a threshold on the sweep's scale, or the cut itself as boolean
+    arrays per layer (a count, which no threshold expresses). ``units``: the scores on the
+    sweep's scale when they differ (constants as u)."""
     units = units if units is not None else scores
     if layer not in scores or not 0 <= index < len(scores[layer]):
         raise KeyError(f"No neuron {layer}[{index}] in this run; its layers are {', '.join(scores)}.")
@@ -154,8 +156,8 @@ def neuron_card(scores: dict[str, np.ndarray], suspicious: str, threshold, layer
     mine = sign * float(units[layer][index])
     everyone = np.concatenate([sign * np.asarray(u, dtype=float) for u in units.values()])
     in_layer = sign * np.asarray(units[layer], dtype=float)
-    sel = selection_by_threshold({k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in units.items()},
-                                 threshold, suspicious)
+    sel = threshold if isinstance(threshold, dict) else selection_by_threshold(
+        {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in units.items()}, threshold, suspicious)
     return {"layer": layer, "index": int(index), "score": float(scores[layer][index]),
             "unit": float(units[layer][index]), "rank": int((everyone < mine).sum()) + 1, "of": int(everyone.size),
             "rank_in_layer": int((in_layer < mine).sum()) + 1, "layer_size": int(in_layer.size),

@@ -17,7 +17,7 @@ st.title("Explore a finished run")
 url_run, url_t = st.query_params.get("run"), st.query_params.get("t")  # a link or a reload: ?run=ID&t=0.3
 run_id, run = pick_finished_run("explore_run")
 res = run.result
-options = run.thresholds
+options = run.cuts
 if not options:
     st.warning("This run's sweep is empty.")
     st.stop()
@@ -41,18 +41,18 @@ st.caption(f"{res.get('title', '')} · {run.defense} · scores: {rundata.score_l
 THRESHOLD_KEY = f"threshold_{run_id}"
 
 
-def _remember(t: float) -> None:
-    save_threshold(run_id, t)
-    st.query_params["run"], st.query_params["t"] = run_id, f"{t:g}"
+def _remember(cut) -> None:
+    save_threshold(run_id, cut)
+    st.query_params["run"], st.query_params["t"] = run_id, rundata.cut_text(cut)
 
 
 def _set_threshold(value) -> None:
-    """Snap any proposed threshold (a click, an aid) to the precomputed grid and move the slider."""
-    if value is None:
+    """Snap any proposed cut (a click, an aid) to the precomputed grid and move the slider."""
+    if value is None or (isinstance(value, rundata.Count) and value not in options):
         return
-    t = rundata.nearest(options, float(value))
-    st.session_state[THRESHOLD_KEY] = t
-    _remember(t)
+    cut = value if isinstance(value, rundata.Count) else rundata.nearest(run.thresholds, float(value))
+    st.session_state[THRESHOLD_KEY] = cut
+    _remember(cut)
 
 
 def _on_click(chart_key: str) -> None:
@@ -62,14 +62,19 @@ def _on_click(chart_key: str) -> None:
 if st.session_state.get(THRESHOLD_KEY) not in options:
     st.session_state[THRESHOLD_KEY] = rundata.starting_threshold(run, saved_threshold(run_id),
                                                                  url_t if url_run == run_id else None)
-rows_by_t = {r["threshold"]: r for r in run.rows}
+# the chosen cut: a threshold on the sweep's scale, or a rundata.Count below the lowest one
 threshold = st.select_slider(
     f"Prune every neuron {'at or below' if run.suspicious == 'low' else 'above'} this {units_name}",
     options=options, key=THRESHOLD_KEY, help="ACC and ASR below were measured when the run swept this threshold, so "
                                              "moving the slider shows them at once.",
-    format_func=lambda t: f"{t:g} · {rows_by_t[t]['n_pruned']} pruned")
+    format_func=run.slider_text)
 _remember(threshold)
-row = rundata.row_at(run.rows, threshold)
+row = run.row(threshold)
+if isinstance(threshold, rundata.Count):
+    st.caption(f"Below the lowest threshold: the {run.rows[0]['n_pruned']} most suspicious neurons share one score "
+               f"({units_name} {rundata.sorted_suspicious(run)[0]:g}), so no threshold cuts between them. This point "
+               f"prunes {rundata.neurons(threshold.n)} of them, the first in layer order, as RNP's prune-by-number "
+               "does: which of the tied neurons go is arbitrary.")
 base = res.get("baseline", {})
 m1, m2, m3 = st.columns(3)
 acc_delta = rundata.points_delta(row["acc"], base.get("acc"))
@@ -85,7 +90,7 @@ d = res.get("default", {})
 near_chance = chance_warning(base.get("acc", 1.0), res.get("num_classes") or 0)
 if near_chance:
     st.warning(near_chance, icon=":material/warning:")
-costly = rundata.cut_cost_warning(base.get("acc"), d, run.rows, choose="move the slider there")
+costly = rundata.cut_cost_warning(base.get("acc"), d, run.cut_rows(), choose="move the slider there")
 if costly:
     st.warning(costly, icon=":material/content_cut:")
 st.caption(f"The defense's own cut prunes {rundata.neurons(d.get('n_pruned'))}: ACC {fmt_rate(d.get('acc'))}, "
@@ -94,7 +99,7 @@ st.caption(f"The defense's own cut prunes {rundata.neurons(d.get('n_pruned'))}: 
 
 def _oracle_overlap(run, threshold) -> str:
     found, wanted = rundata.oracle_overlap(run, threshold)
-    return (f" At the chosen threshold this defense prunes {found} of those {wanted} (the table of suspicious "
+    return (f" At the chosen cut this defense prunes {found} of those {wanted} (the table of suspicious "
             f"neurons marks them)." if wanted else "")
 
 
@@ -111,11 +116,12 @@ def _sweep_tab():
                "are on the *Triage* tab.")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(figures.sweep_figure(run.rows, threshold, x_title=axis_name), key="sweep_chart",
+        st.plotly_chart(figures.sweep_figure(run.rows, None if isinstance(threshold, rundata.Count) else threshold,
+                                             x_title=axis_name), key="sweep_chart",
                         on_select=lambda: _on_click("sweep_chart"), selection_mode="points")
     with right:
         if run.asr_known:
-            st.plotly_chart(figures.tradeoff_figure(run.rows, threshold), key="tradeoff_chart",
+            st.plotly_chart(figures.tradeoff_figure(run.cut_rows(), threshold), key="tradeoff_chart",
                             on_select=lambda: _on_click("tradeoff_chart"), selection_mode="points")
         else:
             st.info("The trigger is unknown, so there is no ASR curve; use the trigger-free aids.")
@@ -142,7 +148,8 @@ def _scores_tab():
     else:
         units = rundata.sweep_units(run.scores, run.suspicious)
         shown = {k: units[k] for k in chosen}
-        fig = figures.score_distribution(shown, kind, threshold, rundata.score_label(run.suspicious))
+        fig = figures.score_distribution(shown, kind, None if isinstance(threshold, rundata.Count) else threshold,
+                                         rundata.score_label(run.suspicious))
         if kind != "histogram":
             st.plotly_chart(fig, key="dist_chart")
         else:
@@ -166,12 +173,15 @@ def _aids_tab():
     a1, a2 = st.columns(2)
     with a1:
         budget = st.slider("ACC-drop budget (points)", 0.0, 20.0, 2.0, 0.5, key="budget") / 100
-        cut = acc_budget_cut(run.rows, base.get("acc", 1.0), budget)
+        cut = acc_budget_cut(run.cut_rows(), base.get("acc", 1.0), budget)
+        below = cut is not None and isinstance(cut["cut"], rundata.Count)
         st.plotly_chart(figures.acc_budget_figure(run.rows, base.get("acc", 1.0), budget,
-                                                  cut["threshold"] if cut else None, axis_name), key="budget_chart")
+                                                  cut["threshold"] if cut and not below else None, axis_name),
+                        key="budget_chart")
         if cut:
-            st.button(f"Use {cut['threshold']:g} ({rundata.neurons(cut['n_pruned'])}, ACC {fmt_rate(cut['acc'])})",
-                      key="use_budget", on_click=_set_threshold, args=(cut["threshold"],))
+            st.button(f"Use {cut['label'] if below else format(cut['threshold'], 'g')} "
+                      f"({rundata.neurons(cut['n_pruned'])}, ACC {fmt_rate(cut['acc'])})",
+                      key="use_budget", on_click=_set_threshold, args=(cut["cut"],))
     with a2:
         values = rundata.sorted_suspicious(run)
         gap, kn = rundata.largest_gap(values), rundata.knee(values)
@@ -218,7 +228,7 @@ def _export_tab():
         _open_neuron(table[rows[0]])
     manifest = rundata.manifest(run, threshold)
     e1, e2 = st.columns(2)
-    stem = f"{run_id}-t{threshold:g}"
+    stem = f"{run_id}-{'' if isinstance(threshold, rundata.Count) else 't'}{rundata.cut_text(threshold)}"
     e1.download_button("Download the pruned model (.safetensors)", key="download_model",
                        data=lambda: cache.pruned_model_bytes(run, threshold, manifest),
                        file_name=f"{stem}.safetensors", mime="application/octet-stream")

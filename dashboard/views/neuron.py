@@ -19,9 +19,9 @@ st.title("Neuron inspector")
 url = {k: st.query_params.get(k) for k in ("run", "layer", "index", "t")}
 run_id, run = pick_finished_run("neuron_run")
 
-threshold = rundata.starting_threshold(run, saved_threshold(run_id), url.get("t"))
+cut = rundata.starting_threshold(run, saved_threshold(run_id), url.get("t"))
 units = rundata.sweep_units(run.scores, run.suspicious)
-pruned = rundata.selected(units, threshold, run.suspicious)
+pruned = rundata.cut_selection(run, cut)
 layers = list(run.scores)
 LAYER_KEY, INDEX_KEY = f"neuron_layer_{run_id}", f"neuron_index_{run_id}"
 FOLDER = str(run.path.resolve())  # the caches' key with the run id
@@ -47,7 +47,7 @@ def _map_click() -> tuple[str, int] | None:
 
 
 if st.session_state.get(LAYER_KEY) not in layers:  # a link, else the most suspicious neuron of the run
-    top = rundata.suspicious_table(run, threshold, 1)[0]
+    top = rundata.suspicious_table(run, cut, 1)[0]
     wanted = url["layer"] if url["layer"] in layers and url["run"] == run_id else top["layer"]
     try:
         index = int(url["index"]) if wanted == url["layer"] else top["index"]
@@ -67,7 +67,7 @@ st.plotly_chart(neuron_figures.network_map(units, pruned, run.suspicious, (layer
 
 # ---------------------------------------------------------------- its card
 
-card = neuron_card(run.scores, run.suspicious, threshold, layer, index, units)
+card = neuron_card(run.scores, run.suspicious, pruned, layer, index, units)
 kind = next((l.get("kind") for l in run.result.get("layers", []) if l["name"] == layer), "?")
 KINDS = {"bn": "BN channel", "groupnorm": "GroupNorm channel", "layernorm": "LayerNorm channel",
          "instancenorm": "InstanceNorm channel", "conv": "conv channel", "linear": "linear unit"}
@@ -75,8 +75,8 @@ m1, m2, m3, m4 = st.columns(4)
 m1.metric("Score", f"{card['score']:.4g}", help=rundata.score_label(run.suspicious))
 m2.metric("Rank overall", f"{card['rank']} of {card['of']}", help="1 is the most suspicious neuron of the run.")
 m3.metric("Rank in its layer", f"{card['rank_in_layer']} of {card['layer_size']}")
-m4.metric("At the chosen cut", "pruned" if card["pruned"] else "kept")  # the threshold is in the caption below
-st.caption(f"{layer}[{index}], a {KINDS.get(kind, kind)}; threshold {threshold:g} as chosen on Explore.")
+m4.metric("At the chosen cut", "pruned" if card["pruned"] else "kept")  # the cut is named in the caption below
+st.caption(f"{layer}[{index}], a {KINDS.get(kind, kind)}; {rundata.cut_words(cut)} as chosen on Explore.")
 
 if run.suspicious == "low":
     steps = [step for step, _ in list_snapshots(run.path)]
@@ -133,11 +133,11 @@ if "on_trigger" in maps:
 st.subheader("What cutting it does")
 if st.button("Evaluate: this neuron alone pruned, and the cut with it kept (two passes over the test split)",
              key="neuron_effect"):
-    st.session_state[f"effect_{run_id}_{layer}_{index}_{threshold:g}"] = True
-if st.session_state.get(f"effect_{run_id}_{layer}_{index}_{threshold:g}") or \
-        f"{layer}:{index}:{threshold:g}" in rundata.cached_effects(run.path):
+    st.session_state[f"effect_{run_id}_{layer}_{index}_{rundata.cut_text(cut)}"] = True
+if st.session_state.get(f"effect_{run_id}_{layer}_{index}_{rundata.cut_text(cut)}") or \
+        f"{layer}:{index}:{rundata.cut_text(cut)}" in rundata.cached_effects(run.path):
     try:
-        eff = cache.neuron_effect(run, layer, index, threshold)
+        eff = cache.neuron_effect(run, layer, index, cut)
     except USER_ERRORS as e:
         show_error(e)
         st.stop()

@@ -131,17 +131,15 @@ if short:
 st.subheader("Where the model looks, before and after pruning")
 # the methods in one row above the slider: in a narrow column "IntegratedGradients" wrapped at 1000 px
 method = st.radio("Attribution", METHODS, key="attr_method", horizontal=True)
-options = run.thresholds
+options = run.cuts
 start = saved_threshold(run_id) if saved_threshold(run_id) in options else rundata.default_threshold(run)
 attr_key = f"attr_threshold_{run_id}"  # one per run, as on Explore: a grid point of one run is not another's
 if st.session_state.get(attr_key) not in options:
     st.session_state[attr_key] = start
-rows_by_t = {r["threshold"]: r for r in run.rows}
-threshold = st.select_slider("Pruned at threshold", options=options, key=attr_key,
-                             format_func=lambda t: f"{t:g} · {rows_by_t[t]['n_pruned']} pruned")
-save_threshold(run_id, threshold)
+cut = st.select_slider("Pruned at threshold", options=options, key=attr_key, format_func=run.slider_text)
+save_threshold(run_id, cut)
 try:
-    maps = cache.attributions(run_id, threshold, method)
+    maps = cache.attributions(run_id, cut, method)
 except USER_ERRORS as e:
     show_error(e)
     st.stop()
