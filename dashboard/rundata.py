@@ -1,4 +1,5 @@
-"""Reading a run folder into plain data for the pages, and the trigger-free triage aids.
+"""Reading a run folder into plain data for the pages: the run, its cuts, their neurons and the
+export's manifest (the trigger-free aids that choose a cut are in ``dashboard/aids.py``).
 
 No Streamlit here and no training: everything is read from the files the worker wrote
 (``defenses.runs.folder``), or computed from the scores with cheap array arithmetic, so the slider
@@ -142,9 +143,9 @@ class FinishedRun:
         return row_at(self.rows, cut)
 
     def slider_text(self, cut) -> str:
-        """A slider point: "0.2 · 12 pruned", or below the grid "16 of the 37 tied · 16 pruned"."""
+        """A slider point: "0.2 · 12 pruned", or below the grid "16 of the 37 tied"."""
         if isinstance(cut, Count):
-            return f"{cut.n} of the {self.rows[0]['n_pruned']} tied · {cut.n} pruned"
+            return f"{cut.n} of the {self.rows[0]['n_pruned']} tied"
         return f"{cut:g} · {self.row(cut)['n_pruned']} pruned"
 
     def cut_rows(self) -> list[dict]:
@@ -378,83 +379,6 @@ def manifest(run: FinishedRun, cut) -> dict:
 
 def _num(v):
     return None if v is None or v != v else float(v)
-
-
-# ---------------------------------------------------------------- trigger-free aids
-
-
-def sorted_suspicious(run: FinishedRun) -> np.ndarray:
-    """Every neuron's sweep value, most suspicious first."""
-    units = sweep_units(run.scores, run.suspicious)
-    flat = np.concatenate([v.ravel().astype(float) for v in units.values()]) if units else np.zeros(0)
-    return np.sort(flat)[::-1] if run.suspicious == "high" else np.sort(flat)
-
-
-def largest_gap(values: np.ndarray, within: float = 0.5) -> int | None:
-    """Index i of the largest jump between sorted values i and i+1 among the most suspicious
-    ``within`` fraction: pruning the first i+1 neurons cuts the scores at that gap."""
-    v = np.asarray(values, dtype=float)
-    n = max(1, int(len(v) * within))
-    if len(v) < 2:
-        return None
-    gaps = np.abs(np.diff(v[:n + 1]))
-    return int(np.argmax(gaps)) if gaps.size and gaps.max() > 0 else None
-
-
-def knee(values: np.ndarray) -> int | None:
-    """The knee of the sorted curve: the point farthest from the straight line joining its ends
-    (Kneedle's idea, on the normalised curve)."""
-    v = np.asarray(values, dtype=float)
-    if len(v) < 3 or v.max() == v.min():
-        return None
-    x = np.linspace(0, 1, len(v))
-    y = (v - v.min()) / (v.max() - v.min())
-    d = np.abs((y[-1] - y[0]) * x - (x[-1] - x[0]) * y + x[-1] * y[0] - y[-1] * x[0])
-    return int(np.argmax(d))
-
-
-def cut_for_count(values: np.ndarray, count: int, suspicious: str) -> float:
-    """A threshold (sweep units) that prunes the first ``count`` neurons of ``values`` (sorted
-    most suspicious first): the value itself for masks (``<=``), just below it for constants."""
-    v = values[count - 1]
-    return float(v) if suspicious == "low" else float(v) - 1e-9
-
-
-def u_rule_count(run: FinishedRun, u: float = 3.0) -> int:
-    """How many neurons CLP's rule flags: more than ``u`` std-devs from the layer mean on the
-    suspicious side (above for constants, below for masks)."""
-    z = sweep_units(run.scores, "high")  # standardized, whatever the direction
-    if run.suspicious == "high":
-        return int(sum(int((v > u).sum()) for v in z.values()))
-    return int(sum(int((v < -u).sum()) for v in z.values()))
-
-
-def rnp_aid(run: FinishedRun) -> dict | None:
-    """RNP's own evidence: the flagged label and how often its recovered trigger flips the
-    original model (no true trigger needed)."""
-    rec = run.recovery
-    if not rec:
-        return None
-    labels = rec["labels"]
-    asr = rec.get("asr_on_original") or rec.get("asr_on_model") or [None] * len(labels)
-    flagged = rec.get("flagged", [])
-    best = int(np.argmax(rec["anomaly"])) if rec.get("anomaly") else None
-    return {"flagged": flagged, "most_anomalous": labels[best] if best is not None else None,
-            "anomaly": rec["anomaly"][best] if best is not None else None,
-            "asr": {t: asr[i] for i, t in enumerate(labels)}}
-
-
-def short_recovery_warning(recovery: dict | None) -> str | None:
-    """A sentence when trigger recovery ran fewer steps per label than Neural Cleanse's default:
-    an unfinished trigger can flag the wrong label, or none."""
-    from defenses.methods.trigger_recovery import TriggerRecoveryConfig
-
-    recovery = recovery or {}  # recovery.json (its "config") or the Triggers page's cached copy ("steps")
-    steps, paper = recovery.get("steps", (recovery.get("config") or {}).get("steps")), TriggerRecoveryConfig().steps
-    if isinstance(steps, int) and steps < paper:
-        return (f"Trigger recovery ran {steps} steps per label, below Neural Cleanse's {paper}: an unfinished "
-                "trigger can flag the wrong label, or none.")
-    return None
 
 
 def points_delta(after, before) -> str | None:

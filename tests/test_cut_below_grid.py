@@ -123,3 +123,22 @@ def test_explore_follows_a_count_from_the_url_to_the_export(tied_run):
     threshold_slider(at).set_value(0.35).run()
     no_exception(at, "explore")
     assert metric(at, "Neurons pruned").startswith(f"{run.row(0.35)['n_pruned']} /")
+
+
+def test_the_neuron_and_triggers_pages_follow_a_count_chosen_on_explore(tied_run):
+    at = app()
+    at.switch_page("views/explore.py")
+    at.query_params["run"], at.query_params["t"] = RUN, "n16"
+    at.run()
+    run = rundata.load_finished(tied_run[0])
+    first = next((k, int(i)) for k, v in rundata.cut_selection(run, Count(16)).items() for i in np.flatnonzero(v))
+    at.switch_page("views/neuron.py")
+    at.query_params["run"], at.query_params["layer"], at.query_params["index"] = RUN, first[0], str(first[1])
+    at.run()
+    no_exception(at, "neuron")
+    assert any("the 16 neurons most suspicious (ties in layer order) as chosen on Explore" in c.value
+               for c in at.caption)
+    assert metric(at, "At the chosen cut") == "pruned"
+    at.switch_page("views/triggers.py").run()
+    no_exception(at, "triggers")
+    assert at.select_slider(key=f"attr_threshold_{RUN}").value == Count(16)

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from dashboard import cache, figures, rundata
+from dashboard import aids, cache, figures, rundata
 from dashboard.common import fmt_rate, page_link, pick_finished_run, save_threshold, saved_threshold
 from defenses.evaluation import acc_budget_cut
 from defenses.readers.normalization import chance_warning
@@ -72,8 +72,8 @@ _remember(threshold)
 row = run.row(threshold)
 if isinstance(threshold, rundata.Count):
     st.caption(f"Below the lowest threshold: the {run.rows[0]['n_pruned']} most suspicious neurons share one score "
-               f"({units_name} {rundata.sorted_suspicious(run)[0]:g}), so no threshold cuts between them. This point "
-               f"prunes {rundata.neurons(threshold.n)} of them, the first in layer order, as RNP's prune-by-number "
+               f"({units_name} {aids.sorted_suspicious(run)[0]:g}), so no threshold cuts between them. This point "
+               f"prunes {threshold.n} of them, the first in layer order, as RNP's prune-by-number "
                "does: which of the tied neurons go is arbitrary.")
 base = res.get("baseline", {})
 m1, m2, m3 = st.columns(3)
@@ -183,24 +183,24 @@ def _aids_tab():
                       f"({rundata.neurons(cut['n_pruned'])}, ACC {fmt_rate(cut['acc'])})",
                       key="use_budget", on_click=_set_threshold, args=(cut["cut"],))
     with a2:
-        values = rundata.sorted_suspicious(run)
-        gap, kn = rundata.largest_gap(values), rundata.knee(values)
+        values = aids.sorted_suspicious(run)
+        gap, kn = aids.largest_gap(values), aids.knee(values)
         st.plotly_chart(figures.sorted_scores_figure(values, gap, kn, rundata.score_label(run.suspicious)),
                         key="sorted_chart")
         for label, idx, key in (("largest gap", gap, "use_gap"), ("knee", kn, "use_knee")):
             if idx is not None:
-                t = rundata.cut_for_count(values, idx + 1, run.suspicious)
+                t = aids.cut_for_count(values, idx + 1, run.suspicious)
                 st.button(f"Use the {label}: prune {rundata.neurons(idx + 1)} (threshold ≈ {t:.3g})", key=key,
                           on_click=_set_threshold, args=(t,))
     u = st.number_input("CLP's u rule: flag neurons more than u std-devs from their layer's mean", 0.0, 10.0, 3.0,
                         0.5, key="u_rule")
-    n_u = rundata.u_rule_count(run, u)
+    n_u = aids.u_rule_count(run, u)
     if run.suspicious == "high":
         st.button(f"Use u = {u:g} ({rundata.neurons(n_u)})", key="use_u", on_click=_set_threshold, args=(u,))
     else:
         st.caption(f"The u rule flags {rundata.neurons(n_u)} whose mask is more than {u:g} std-devs below their layer's mean "
                    "(masks share one scale, so the sweep itself cuts one global threshold).")
-    aid = rundata.rnp_aid(run)
+    aid = aids.rnp_aid(run)
     if aid:
         flagged = aid["flagged"]
         if flagged:
@@ -210,7 +210,7 @@ def _aids_tab():
         else:
             st.info(f"Trigger recovery flags no label (largest anomaly index {aid['anomaly']:.2f} for label "
                     f"{aid['most_anomalous']}, threshold 2).")
-        short = rundata.short_recovery_warning(run.recovery)
+        short = aids.short_recovery_warning(run.recovery)
         if short:
             st.warning(short, icon=":material/warning:")
         page_link("views/triggers.py", "See the recovered triggers →", ":material/target:")

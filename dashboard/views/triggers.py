@@ -3,7 +3,7 @@ import json
 
 import streamlit as st
 
-from dashboard import cache, figures, rundata
+from dashboard import aids, cache, figures, rundata
 from dashboard.attributions import METHODS
 from dashboard.liveview import fmt_duration
 from defenses.runs.estimate import human_seconds
@@ -124,7 +124,7 @@ with right:
                                                         "to this label. A large mask flips almost any model (an "
                                                         "adversarial patch), so read it beside L1: the attacker's "
                                                         "trigger is a small mask that flips it.")})
-short = rundata.short_recovery_warning(rec)
+short = aids.short_recovery_warning(rec)
 if short:
     st.warning(short, icon=":material/warning:")
 
