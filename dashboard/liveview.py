@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from defenses.runs.estimate import human_seconds
 from defenses.runs.folder import FINAL, list_snapshots, load_tensors, read_events, read_json, read_status
 
 from .rundata import score_label
@@ -76,14 +77,6 @@ def stage_eta(timed: list[tuple[int, float]], total: int) -> float | None:
     return max(0.0, (t1 - t0) / (s1 - s0) * (total - s1))
 
 
-def fmt_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{max(1, round(seconds))} s"
-    if seconds < 5400:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 STAGE_WORDS = {"loading": "loading the model and data", "defense": "defense", "sweep": "sweeping the threshold",
                "trigger recovery": "recovering triggers", "oracle": "oracle"}
 MASK_DEFENSES = ("anp", "rnp")  # their scores are masks in [0, 1], low = suspicious
@@ -96,7 +89,7 @@ def status_line(view: LiveView) -> str:
     doing = view.step_stage if view.total else STAGE_WORDS.get(view.stage, view.stage)
     if view.step_stage == "sweep" and view.total:  # the wait after a fast defense (CLP) is this: say what it is
         doing = "sweeping the cut (ACC and ASR of the pruned model, one pass over the test split per cut)"
-    eta = f" · about {fmt_duration(view.eta_s)} left in this stage" if view.eta_s is not None else ""
+    eta = f" · about {human_seconds(max(1.0, view.eta_s))} left in this stage" if view.eta_s is not None else ""
     return f"running · {doing}" + (f" {view.step}/{view.total}" if view.total else "") + eta
 
 

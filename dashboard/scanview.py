@@ -7,12 +7,11 @@ same runs folder as its runs (``rundata.runs_dir``).
 from __future__ import annotations
 
 import json
-import os
-import signal as _signal
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
+from defenses.runs.folder import stop_worker
 from defenses.scan import all_signals
 from defenses.scan.folder import create_scan, read_scan_status, scan_key, scans_with_key, start_scan
 from defenses.scan.report import THRESHOLD, mads, verdict_sentence
@@ -78,14 +77,7 @@ def start_or_resume(choice: dict, device: str = "auto", settings: dict | None = 
 
 def cancel_scan(folder) -> bool:
     """Ask the scan's worker to stop (it keeps the signals already done); False if none is alive."""
-    status = read_scan_status(folder)
-    if status.get("state") not in ("queued", "running") or not status.get("pid"):
-        return False
-    try:
-        os.kill(int(status["pid"]), _signal.SIGTERM)
-    except (OSError, ValueError):
-        return False
-    return True
+    return stop_worker(read_scan_status(folder))
 
 
 def pick_scan(ids: list[str], wanted: str | None, remembered: dict | None, choice: dict | None) -> str | None:

@@ -228,7 +228,8 @@ def test_the_status_line_estimates_the_time_left_after_a_few_steps():
     assert liveview.stage_eta([(1, 100.0), (11, 105.0)], 150) == pytest.approx(0.5 * 139)
     view = liveview.LiveView("running", None, "defense", "anp", 11, 150, eta_s=69.5)
     assert liveview.status_line(view) == "running · anp 11/150 · about 70 s left in this stage"
-    assert liveview.fmt_duration(600) == "10 min" and liveview.fmt_duration(9000) == "2.5 h"
+    assert liveview.status_line(liveview.LiveView("running", None, "defense", "anp", 149, 150, eta_s=0.2)) == \
+        "running · anp 149/150 · about 1 s left in this stage"
 
 
 def test_no_change_is_not_coloured():

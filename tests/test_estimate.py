@@ -42,7 +42,8 @@ def test_the_probe_stops_after_its_steps_and_after_one_long_first_step():
 
 
 def test_human_seconds():
-    assert [human_seconds(s) for s in (0.2, 45, 200, 3900)] == ["under a second", "45 s", "3 min", "1 h 5 min"]
+    assert [human_seconds(s) for s in (0.2, 45, 200, 3900, 7190, 9000)] == \
+        ["under a second", "45 s", "3 min", "1 h 5 min", "2 h 0 min", "2 h 30 min"]
 
 
 def test_rnp_with_recovery_names_each_stage_and_leaves_the_model_untouched():

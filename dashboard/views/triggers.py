@@ -5,7 +5,6 @@ import streamlit as st
 
 from dashboard import aids, cache, figures, rundata
 from dashboard.attributions import METHODS
-from dashboard.liveview import fmt_duration
 from defenses.runs.estimate import human_seconds
 from dashboard.recovery_form import recovery_settings
 from defenses.runs.recover_run import cancel_recovery, recovery_state, recovery_subjects, start_recovery
@@ -68,7 +67,7 @@ def watch_recovery(run_dir: str) -> None:
     left = ""
     if step and total and job.get("started") and job.get("updated"):
         pace = (job["updated"] - job["started"]) / step
-        left = f" · about {fmt_duration(pace * (total - step))} left"
+        left = f" · about {human_seconds(max(1.0, pace * (total - step)))} left"
     st.progress(step / total if total else 0.0,
                 text=f"Recovering triggers: step {step} of {total or '?'}{left}" if total else "Loading the run's model ...")
     if st.button("Cancel the recovery", key="recover_run_cancel") and job.get("pid"):

@@ -186,6 +186,5 @@ def human_seconds(seconds: float) -> str:
         return "under a second"
     if seconds < 90:
         return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60)} min"
+    hours, minutes = divmod(round(seconds / 60), 60)  # 7190 s is "2 h 0 min", never "1 h 60 min"
+    return f"{minutes} min" if not hours else f"{hours} h {minutes} min"

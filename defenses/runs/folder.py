@@ -182,7 +182,7 @@ def stop_worker(state: dict) -> bool:
         return False
     try:
         os.kill(int(state["pid"]), signal.SIGTERM)
-    except ProcessLookupError:
+    except (OSError, ValueError):  # gone, not ours, or a garbled pid
         return False
     return True
 
