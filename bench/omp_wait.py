@@ -9,6 +9,11 @@ barrier first spins, taking the core the other process needs. This measures ANP 
 sample, in fresh processes: alone, two at once spinning (the default), two at once with
 ``OMP_WAIT_POLICY=PASSIVE``; and checks the masks are the same in every case. Idle cores only:
 the numbers are wall seconds of this machine in this one run.
+
+The same question for a dashboard run's worker, which runs at nice 10 beside the Streamlit server
+and the browser: one ANP process at nice 10 beside a light, bursty load at normal priority (one
+thread, 30 ms of work every 100 ms, about what a page redrawing its live charts costs), spinning
+and sleeping.
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "suite.md"
 START, END = "<!-- omp_wait table: python -m bench.omp_wait -->", "<!-- end omp_wait table -->"
 
 CHILD = """
-import sys, time, torch
+import os, sys, time, torch
+if len(sys.argv) > 2:
+    os.nice(int(sys.argv[2]))
 torch.set_num_threads(2)
 from sample_models import load_sample
 from defenses.readers.data import load_dataset
@@ -36,17 +43,35 @@ print(time.perf_counter() - t, float(sum(v.double().sum() for v in r.scores.valu
 """
 
 
-def _runs(n: int, iterations: int, policy: str | None) -> tuple[list[float], list[float], float]:
-    """``n`` ANP processes started together: each one's ANP seconds and mask sum, and the wall time."""
+# One thread busy 30 ms in every 100 ms, until killed: a page redrawing its charts, roughly.
+LOAD = """
+import time
+while True:
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.03:
+        sum(i * i for i in range(1000))
+    time.sleep(0.07)
+"""
+
+
+def _runs(n: int, iterations: int, policy: str | None, nice: int | None = None,
+          load: bool = False) -> tuple[list[float], list[float], float]:
+    """``n`` ANP processes started together (at ``nice``, beside the light ``load`` when asked):
+    each one's ANP seconds and mask sum, and the wall time."""
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
     if policy:
         env["OMP_WAIT_POLICY"] = policy
+    background = subprocess.Popen([sys.executable, "-c", LOAD]) if load else None
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(iterations)], env=env, stdout=subprocess.PIPE, text=True)
+    args = [str(iterations)] + ([str(nice)] if nice is not None else [])
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, *args], env=env, stdout=subprocess.PIPE, text=True)
              for _ in range(n)]
     outs = [p.communicate()[0].split() for p in procs]
     wall = time.perf_counter() - t0
+    if background is not None:
+        background.kill()
+        background.wait()
     if any(p.returncode for p in procs):
         raise SystemExit("an ANP process failed")
     return [float(o[0]) for o in outs], [float(o[1]) for o in outs], wall
@@ -56,11 +81,17 @@ def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=40)
     args = p.parse_args(argv)
-    cases = [("alone, spinning (the default)", 1, None), ("alone, sleeping (PASSIVE)", 1, "PASSIVE"),
-             ("two at once, spinning (the default)", 2, None), ("two at once, sleeping (PASSIVE)", 2, "PASSIVE")]
+    cases = [("alone, spinning (the default)", 1, None, None, False),
+             ("alone, sleeping (PASSIVE)", 1, "PASSIVE", None, False),
+             ("two at once, spinning (the default)", 2, None, None, False),
+             ("two at once, sleeping (PASSIVE)", 2, "PASSIVE", None, False),
+             ("a worker (nice 10) beside a light load, spinning", 1, None, 10, True),
+             ("a worker (nice 10) beside a light load, sleeping (PASSIVE)", 1, "PASSIVE", 10, True),
+             ("two workers (nice 10) beside a light load, spinning", 2, None, 10, True),
+             ("two workers (nice 10) beside a light load, sleeping (PASSIVE)", 2, "PASSIVE", 10, True)]
     rows, sums = [], set()
-    for label, n, policy in cases:
-        secs, mask_sums, wall = _runs(n, args.iterations, policy)
+    for label, n, policy, nice, load in cases:
+        secs, mask_sums, wall = _runs(n, args.iterations, policy, nice, load)
         sums.update(round(s, 6) for s in mask_sums)
         rows.append((label, secs, wall))
         print(label, [round(s, 1) for s in secs], round(wall, 1), flush=True)

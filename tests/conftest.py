@@ -2,7 +2,7 @@ import os
 import sys
 
 # OpenMP threads that wait for work sleep instead of spinning. The suite runs on two workers
-# (pytest-xdist); with spinning threads, two 2-thread ANP runs side by side on 2 cores took 4.3x
+# (pytest-xdist); with spinning threads, two 2-thread ANP runs side by side on 2 cores took 3.8-4.3x
 # their time alone, with sleeping ones 1.8x, the masks the same (python -m bench.omp_wait,
 # docs/suite.md). Set before torch loads its OpenMP; run folders' workers and the dashboard
 # started by tests inherit it.

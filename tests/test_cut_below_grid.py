@@ -8,7 +8,6 @@ the ACC/ASR the sweep recorded.
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from dashboard import cache, rundata
 from dashboard.rundata import Count
 from defenses.evaluation import evaluate, sweep
 from defenses.neurons import selection_by_count
-from defenses.runs.folder import read_json, save_tensors, write_json
+from defenses.runs.folder import save_tensors, write_json
 from test_dashboard_app import CNN_LAYERS, app, make_run, metric, no_exception, open_tab, threshold_slider
 
 RUN = "20260101-000000-rnp-cnn_badnets-tied"

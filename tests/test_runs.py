@@ -223,3 +223,22 @@ def test_live_runs_share_the_cores(tmp_path):
     assert fair_threads(me, cores=8) == 8 // 3
     assert fair_threads(me, cores=2) == 1
     assert read_status(tmp_path / "f")["state"] == "failed"
+
+
+@pytest.mark.parametrize("set_by_user", [None, "ACTIVE"])
+def test_workers_start_with_sleeping_openmp_threads_unless_the_user_chose(tmp_path, monkeypatch, set_by_user):
+    """spawn_worker, which starts every run, recovery and scan worker, gives OpenMP's waiting
+    threads the PASSIVE policy (bench.omp_wait: spinning ones slowed a worker beside a light load
+    and two workers at once); a policy already in the environment is left as it is."""
+    from defenses.runs.folder import spawn_worker
+
+    (tmp_path / "envprobe.py").write_text("import os\nprint(os.environ.get('OMP_WAIT_POLICY'))\n")
+    monkeypatch.chdir(tmp_path)
+    if set_by_user:
+        monkeypatch.setenv("OMP_WAIT_POLICY", set_by_user)
+    else:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    proc = spawn_worker(["envprobe"], tmp_path / "probe.log")
+    proc.wait(timeout=60)
+    assert (tmp_path / "probe.log").read_text().strip() == (set_by_user or "PASSIVE")
+    assert os.environ.get("OMP_WAIT_POLICY") == set_by_user  # the caller's own environment is untouched

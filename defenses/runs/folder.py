@@ -152,16 +152,27 @@ def create_run(request: RunRequest, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> 
 def start_run(request: RunRequest, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
     """Create the run folder and start its worker process; returns at once."""
     run_dir = create_run(request, runs_dir)
-    log = open(run_dir / "worker.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "defenses.runs.worker", "work", str(run_dir)], stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
-    log.close()
+    proc = spawn_worker(["defenses.runs.worker", "work", str(run_dir)], run_dir / "worker.log")
     status = read_json(run_dir / "status.json", {})
     if status.get("state") == "queued":
         status["pid"] = proc.pid
         write_json(run_dir / "status.json", status)
-    reap(proc)
     return run_dir
+
+
+def spawn_worker(module_args: list[str], log_path: Path) -> subprocess.Popen:
+    """``python -m module_args...`` in its own session, output appended to ``log_path``, reaped when
+    it ends. Its OpenMP threads sleep while they wait (``OMP_WAIT_POLICY=PASSIVE`` unless the
+    environment sets a policy): a worker shares the cores with the web server, the browser and
+    other workers, and beside a light load spinning threads made ANP 14% slower, and two workers
+    at once 2.4 times slower, than sleeping ones (``python -m bench.omp_wait``, docs/suite.md)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", *module_args], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=os.getcwd(), env=env)
+    reap(proc)
+    return proc
 
 
 def reap(proc: subprocess.Popen) -> None:

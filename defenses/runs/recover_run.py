@@ -16,14 +16,13 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
 from ..base import NullCallback, config_from_dict
-from .folder import RECOVER_ON, read_json, read_state, reap, stop_worker, write_json
+from .folder import RECOVER_ON, read_json, read_state, spawn_worker, stop_worker, write_json
 
 JOB = "job.json"
 
@@ -55,15 +54,11 @@ def start_recovery(run_dir: str | Path, on: str = "original", params: dict | Non
         raise ValueError(f"Triggers are already being recovered for {run_dir.name}.")
     job_path(run_dir).parent.mkdir(exist_ok=True)
     write_json(job_path(run_dir), {"state": "queued", "on": on, "params": params or {}, "created": time.time()})
-    log = open(run_dir / "triggers" / "recovery.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "defenses.runs.recover_run", str(run_dir)], stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
-    log.close()
+    proc = spawn_worker(["defenses.runs.recover_run", str(run_dir)], run_dir / "triggers" / "recovery.log")
     job = read_json(job_path(run_dir), {})
     if job.get("state") == "queued":
         job["pid"] = proc.pid
         write_json(job_path(run_dir), job)
-    reap(proc)
 
 
 def recovery_state(run_dir: str | Path) -> dict:

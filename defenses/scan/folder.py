@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from ..base import NullCallback
 from ..runs.inputs import load_inputs
-from ..runs.folder import DEFAULT_RUNS_DIR, read_json, read_state, reap, resolve_device_name, write_json
+from ..runs.folder import DEFAULT_RUNS_DIR, read_json, read_state, resolve_device_name, spawn_worker, write_json
 from ..runs.worker import Cancelled, one_sentence
 from .base import SignalResult
 from .scanner import ScanConfig, Verdict, scan
@@ -174,14 +173,10 @@ class _Progress(NullCallback):
 def start_scan(d) -> None:
     """Start the scan's worker process for folder ``d``; returns at once."""
     d = Path(d)
-    log = open(d / "worker.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "defenses.scan.folder", "work", str(d)], stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
-    log.close()
+    proc = spawn_worker(["defenses.scan.folder", "work", str(d)], d / "worker.log")
     status = read_json(d / "status.json", {})
     status.update(state="queued", pid=proc.pid)
     write_json(d / "status.json", status)
-    reap(proc)
 
 
 def main(argv=None):
