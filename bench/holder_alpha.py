@@ -23,7 +23,8 @@ import torch
 from bench.suite import Case, holder_vs_anp
 from defenses.readers.data import load_dataset
 from defenses.evaluation import evaluate
-from defenses.methods.holder import Holder, HolderConfig, head_layers
+from defenses.methods.holder import Holder, HolderConfig
+from defenses.methods.holder_constants import head_layers
 from defenses.neurons import find_neurons, prune, selection_by_threshold
 from sample_models import load_sample
 from sample_models.train import poisoned_train_split

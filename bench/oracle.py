@@ -15,7 +15,7 @@ from defenses.methods.oracle import oracle_scores, oracle_sweep, smallest_cut
 
 def main(argv=None) -> list[SweepRow]:
     from defenses.readers.data import load_dataset
-    from defenses.methods.holder import head_layers
+    from defenses.methods.holder_constants import head_layers
     from sample_models import catalog, load_sample
 
     ap = argparse.ArgumentParser(description="The trigger-aware pruning oracle on one shipped sample model.")

@@ -38,7 +38,8 @@ from defenses.readers.checkpoints import load_into, save_safetensors
 from defenses.methods.clp import CLP, CLPConfig
 from defenses.readers.data import load_dataset
 from defenses.evaluation import defense_cuts, evaluate
-from defenses.methods.holder import Holder, HolderConfig, head_layers
+from defenses.methods.holder import Holder, HolderConfig
+from defenses.methods.holder_constants import head_layers
 from defenses.neurons import find_neurons, selection_by_count
 from defenses.methods.oracle import oracle_scores, oracle_sweep, smallest_cut
 from defenses.methods.rnp import RNP, RNPConfig

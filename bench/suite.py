@@ -292,7 +292,7 @@ def oracle_rows(case: Case, quick: bool, device: torch.device) -> list:
     if before["asr"] < 0.05:
         return []  # nothing to remove (the clean control)
     from defenses.methods.anp import restrict
-    from defenses.methods.holder import head_layers
+    from defenses.methods.holder_constants import head_layers
 
     out = []
     try:  # where Hölder applies, also the head alone: the neurons Hölder may prune

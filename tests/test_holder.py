@@ -17,7 +17,8 @@ from torch import nn
 
 from defenses.base import DefenseResult, get_defense
 from defenses.readers.data import ArraySplit
-from defenses.methods.holder import Holder, HolderConfig, density_threshold
+from defenses.methods.holder import Holder, HolderConfig
+from defenses.methods.holder_density import density_threshold
 from defenses.neurons import find_neurons, prune, selection_by_threshold
 
 IMAGE = (1, 2, 2)  # features: 2 channels x 2 x 2 = 8
@@ -227,7 +228,7 @@ def test_density_threshold_prunes_the_implanted_subnet_of_mlp_head_subnet(mnist5
     mlp_head_badnets (the head trained on poisoned data from scratch), spreads the backdoor over
     24 head neurons and no cut finds it (docs/study.md, finding 8)."""
     from defenses.evaluation import evaluate
-    from defenses.methods.holder import head_layers
+    from defenses.methods.holder_constants import head_layers
     from sample_models import load_sample
     from sample_models.efficacy import meets_bar
     from sample_models.train import poisoned_train_split

@@ -60,24 +60,19 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from torch import nn
 
 from ..base import (Callback, ConfigError, DefenseResult, NullCallback, check_clean_data, check_range, log_every,
                    progress, register, resolve_device)
 from ..readers.data import ArraySplit
-from ..neurons import NeuronMap, find_neurons, working_copy
+from ..neurons import find_neurons, working_copy
+from .holder_constants import (apply_phi, describe_activation, find_activations, head_layers, layer_space_ratios,
+                               radius_scale, ratios_to_max, win_counts)
+from .holder_density import density_threshold
 
 INPUT_EPS = 8 / 255  # the input-space radius unit, the usual L-infinity budget on [0, 1] images
-GRID_POINTS = 1024
-RISE_TOL = 1e-6  # a density minimum must be followed by a rise of this fraction of the peak
 ASSUMPTION = ("The feature extractor is assumed clean: only the MLP head's neurons are scored and pruned; "
               "a backdoor hidden in the extractor is out of reach of this defense.")
-
-ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-               nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
-               nn.Tanhshrink, nn.LogSigmoid)
 
 
 @dataclass(frozen=True)
@@ -114,148 +109,6 @@ class HolderConfig:
         if self.max_samples is not None:
             check_range("max_samples", self.max_samples, 1, 100_000_000, integer=True)
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
-
-
-# ---------------------------------------------------------------- head and activations
-
-
-def head_layers(nmap: NeuronMap) -> list[str]:
-    """The neuron layers Hölder pruning scores: Linear layers with no BN after them, in order."""
-    names = [l.name for l in nmap.layers if l.kind == "linear"]
-    if not names:
-        raise ValueError("Hölder pruning needs an MLP head on a frozen feature extractor: this model has no Linear "
-                         "layer (without BatchNorm after it) besides its final classifier.")
-    return names
-
-
-def find_activations(model: nn.Module, layers: list[str], example: torch.Tensor) -> dict[str, nn.Module | None]:
-    """The elementwise activation module applied directly to each layer's output, if any,
-    found by tensor identity in one traced forward (hooks removed in ``finally``)."""
-    names = {m: n for n, m in model.named_modules()}
-    outputs, consumers, keep = {}, {}, []
-
-    def out_hook(mod, inputs, output):
-        keep.append(output)
-        outputs.setdefault(names[mod], id(output))
-
-    def act_hook(mod, inputs):
-        if inputs and isinstance(inputs[0], torch.Tensor):
-            keep.append(inputs[0])
-            consumers.setdefault(id(inputs[0]), mod)
-
-    handles = [model.get_submodule(n).register_forward_hook(out_hook) for n in layers]
-    handles += [m.register_forward_pre_hook(act_hook) for m in model.modules() if isinstance(m, ACTIVATIONS)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: consumers.get(outputs.get(n)) for n in layers}
-
-
-def apply_phi(phi: nn.Module | None, z: torch.Tensor) -> torch.Tensor:
-    # A clone, because activation modules may work in place (nn.ReLU(inplace=True)).
-    return z if phi is None else phi(z.clone())
-
-
-def phi_sign_slope(phi: nn.Module | None, z: torch.Tensor) -> torch.Tensor:
-    """sign(phi'(z)) elementwise (0 where the activation is flat, e.g. an inactive ReLU)."""
-    if phi is None:
-        return torch.ones_like(z)
-    with torch.enable_grad():
-        zz = z.detach().clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(apply_phi(phi, zz).sum(), zz)
-    return g.sign()
-
-
-# ---------------------------------------------------------------- the constants
-
-
-def layer_space_ratios(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, phi: nn.Module | None,
-                       radii: torch.Tensor, alpha: float, step: str) -> torch.Tensor:
-    """Closed-form Hölder ratios, (K radii, N samples, H neurons), of a_i = phi(w_i . u + b_i).
-
-    The gradient of a_i is phi'(z) w_i, so the step d moves z by sign(phi') * eps * |w_i|_2
-    (L2 step, |d|_2 = eps) or sign(phi') * eps * |w_i|_1 (sign step, |d|_inf = eps). Where
-    phi' = 0 the step is 0 and so is the ratio: the dead-unit convention."""
-    z = u @ weight.T
-    if bias is not None:
-        z = z + bias
-    s = phi_sign_slope(phi, z)
-    row = weight.norm(p=2 if step == "l2" else 1, dim=1)
-    shift = radii.view(-1, 1, 1) * (s * row).unsqueeze(0)  # K x N x H
-    a0 = apply_phi(phi, z)
-    a1 = apply_phi(phi, (z.unsqueeze(0) + shift).reshape(-1, z.shape[-1])).reshape(shift.shape)
-    return (a1 - a0.unsqueeze(0)).abs() / radii.view(-1, 1, 1) ** alpha
-
-
-def ratios_to_max(ratios: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max over radii and samples of (K, N, H) ratios, and which radius gave it (H,)."""
-    per_radius = ratios.amax(dim=1)  # K x H
-    best, which = per_radius.max(dim=0)
-    return best, which
-
-
-# ---------------------------------------------------------------- the threshold
-
-
-def density_threshold(values: torch.Tensor, u: float = 3.0, top_p: float | None = None,
-                      grid_points: int = GRID_POINTS) -> dict:
-    """The default cut of one layer's constants, with the density curve it came from.
-
-    Returns {"x": grid, "y": density, "cut": float, "rule": "kde-minimum" | "mean+u*std" |
-    "top-p"}. The density (Gaussian KDE, Scott's bandwidth) is fitted to the non-zero
-    constants; x and y are empty when it cannot be fitted (fewer than two distinct values)."""
-    v = values.detach().double().cpu().numpy()
-    live = v[v > 0]
-    x, y = [], []
-    kde_cut = None
-    if np.unique(live).size >= 2:
-        from scipy.stats import gaussian_kde
-
-        try:
-            kde = gaussian_kde(live)  # Scott's rule is scipy's default bandwidth
-        except (np.linalg.LinAlgError, ValueError):
-            kde = None
-        if kde is not None:
-            bw = float(np.sqrt(kde.covariance[0, 0]))
-            grid = np.linspace(live.min() - 3 * bw, live.max() + 3 * bw, grid_points)
-            dens = kde(grid)
-            x, y = grid.tolist(), dens.tolist()
-            j = first_minimum_right_of_mode(dens)
-            if j is not None:
-                kde_cut = float(grid[j])
-    if top_p is not None:
-        k = int(math.floor(top_p * v.size + 0.5))
-        desc = np.sort(v)[::-1]
-        if k <= 0:
-            cut = float(desc[0])
-        elif k >= v.size:
-            cut = float(desc[-1]) - 1.0
-        else:  # halfway between the last pruned and the first kept value (ties keep both)
-            cut = float((desc[k - 1] + desc[k]) / 2)
-        return {"x": x, "y": y, "cut": cut, "rule": "top-p"}
-    if kde_cut is not None:
-        return {"x": x, "y": y, "cut": kde_cut, "rule": "kde-minimum"}
-    pop = live if live.size else v
-    std = float(pop.std(ddof=1)) if pop.size > 1 else 0.0
-    return {"x": x, "y": y, "cut": float(pop.mean()) + u * std, "rule": "mean+u*std"}
-
-
-def first_minimum_right_of_mode(dens: np.ndarray) -> int | None:
-    """Index of the first local minimum to the right of the global maximum: the lowest point
-    reached before the density rises again by more than RISE_TOL of the peak; None if it never
-    does (the density falls off to the right of its mode)."""
-    mode = int(np.argmax(dens))
-    tol = RISE_TOL * float(dens[mode])
-    lowest = mode
-    for j in range(mode + 1, len(dens)):
-        if dens[j] < dens[lowest]:
-            lowest = j
-        elif dens[j] > dens[lowest] + tol:
-            return lowest if lowest != mode else None
-    return None
 
 
 # ---------------------------------------------------------------- the defense
@@ -455,23 +308,3 @@ class Holder:
         return {n: best[n].float() for n in layers}, wins, radii, {n: INPUT_EPS for n in layers}
 
 
-def radius_scale(norms: torch.Tensor) -> float:
-    """median(|u|_2 / sqrt(dim u)); the mean if that is 0; 1 if both are."""
-    med = float(norms.median()) if norms.numel() else 0.0
-    if med > 0:
-        return med
-    mean = float(norms.mean()) if norms.numel() else 0.0
-    return mean if mean > 0 else 1.0
-
-
-def win_counts(which: torch.Tensor, best: torch.Tensor, k: int) -> list[int]:
-    """How many (non-zero) neurons of a layer reached their maximum at each radius."""
-    return torch.bincount(which[best > 0], minlength=k).tolist()
-
-
-def describe_activation(module: nn.Module | None, activation: str) -> str:
-    if activation == "pre":
-        return "pre-activation (identity)"
-    if module is None:
-        return "no activation module found after this layer: pre-activation (identity) used"
-    return type(module).__name__
