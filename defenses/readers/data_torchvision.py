@@ -1,4 +1,5 @@
-"""torchvision-backed datasets: CIFAR-10, MNIST, GTSRB and image folders, read from a local root.
+"""torchvision-backed datasets: CIFAR-10, MNIST, GTSRB and image folders, read from a local root
+(image folders and the decoding of image files are in ``data_images``).
 
 :func:`load` is what :func:`defenses.readers.data.load_dataset` calls for every name other than
 ``mnist5k`` and ``npz:PATH``. Everything comes back as a :class:`~defenses.readers.splits.DataBundle` of
@@ -19,17 +20,16 @@ from __future__ import annotations
 
 import csv
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .data_images import labels_tensor, load_folder, read_images, reason
 from .splits import DATASET_NAMES, ArraySplit, DataBundle, DataError, split_clean
 
 DEFAULT_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
-FOLDER_TEST_FRACTION = 0.2  # image folders without train/ and test/ are split 80/20
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -46,7 +46,6 @@ GTSRB_CLASSES = [
     "Ahead only", "Go straight or right", "Go straight or left", "Keep right", "Keep left",
     "Roundabout mandatory", "End of no passing", "End of no passing by vehicles over 3.5 metric tons",
 ]
-GRAYSCALE_MODES = ("1", "L", "LA", "La")
 
 
 def load(name: str, root: str | os.PathLike | None, *, download: bool = False, clean_count: int | None = 500,
@@ -71,7 +70,7 @@ def load(name: str, root: str | os.PathLike | None, *, download: bool = False, c
                                            size or DEFAULT_IMAGE_SIZE)
         augment = "none"  # traffic signs must not be flipped (left/right turns swap meaning)
     elif name.startswith("folder:"):
-        train, test, classes = _load_folder(name[len("folder:"):], size or DEFAULT_IMAGE_SIZE, seed)
+        train, test, classes = load_folder(name[len("folder:"):], size or DEFAULT_IMAGE_SIZE, seed)
         augment = "none"
     else:
         raise DataError(f"Unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)}.")
@@ -101,26 +100,9 @@ def _need_root(root, label: str, holding: str) -> Path:
     return Path(os.path.expanduser(os.fspath(root)))
 
 
-def _reason(e: BaseException) -> str:
-    """A short, single-clause description of an exception, fit to go in parentheses."""
-    text = str(getattr(e, "reason", None) or e).strip().splitlines()
-    text = text[0] if text else ""
-    for stop in (". ", "; "):
-        text = text.split(stop)[0]
-    text = text.rstrip(".").strip()[:160]
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 def _download_error(label: str, root: Path, e: BaseException, holding: str) -> DataError:
-    return DataError(f"Could not download {label} into {root} ({_reason(e)}); check the internet connection, "
+    return DataError(f"Could not download {label} into {root} ({reason(e)}); check the internet connection, "
                      f"or download it by hand and point root at {holding}.")
-
-
-def _labels(values, label: str) -> torch.Tensor:
-    y = torch.as_tensor(np.asarray(values, dtype=np.int64).reshape(-1))
-    if len(y) and int(y.min()) < 0:
-        raise DataError(f"The {label} labels include a negative class index ({int(y.min())}).")
-    return y
 
 
 def _resize_split(split: ArraySplit, size: int | None) -> ArraySplit:
@@ -183,7 +165,7 @@ def _load_cifar10(root: Path, download: bool):
                         f"download them again with download=True (needs internet), or save modified data as an "
                         f".npz and load it as npz:PATH.") from None
     except Exception as e:
-        raise DataError(f"Could not read the CIFAR-10 files under {base} ({_reason(e)}); download them again "
+        raise DataError(f"Could not read the CIFAR-10 files under {base} ({reason(e)}); download them again "
                         f"with download=True (needs internet).") from None
     classes = [str(c) for c in train_ds.classes]
     return _cifar_split(train_ds, "CIFAR-10 training"), _cifar_split(test_ds, "CIFAR-10 test"), classes
@@ -195,7 +177,7 @@ def _cifar_split(ds, label: str) -> ArraySplit:
         raise DataError(f"The {label} batches hold arrays of shape {data.shape} and type {data.dtype} instead of "
                         f"uint8 N x 32 x 32 x 3 images.")
     x = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))  # NHWC -> NCHW, no PIL
-    return ArraySplit(x, _labels(ds.targets, label))
+    return ArraySplit(x, labels_tensor(ds.targets, label))
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,13 +215,13 @@ def _load_mnist(root: Path, download: bool):
         try:
             ds = MNIST(str(root), train=train, download=False)
         except Exception as e:  # a bad idx header trips asserts, TypeError, ValueError or RuntimeError
-            raise DataError(f"Could not read the {label} files under {raw} ({_reason(e)}); they are not valid "
+            raise DataError(f"Could not read the {label} files under {raw} ({reason(e)}); they are not valid "
                             f"idx files, so download them again with download=True (needs internet).") from None
         data = torch.as_tensor(ds.data)
         if data.dtype != torch.uint8 or data.ndim != 3 or len(data) != len(ds.targets):
             raise DataError(f"The {label} files hold {len(ds.targets)} labels and images of shape "
                             f"{tuple(data.shape)} and type {data.dtype} instead of matching uint8 N x 28 x 28 images.")
-        splits.append(ArraySplit(data[:, None].contiguous(), _labels(ds.targets, label)))  # N x 28 x 28 -> NCHW
+        splits.append(ArraySplit(data[:, None].contiguous(), labels_tensor(ds.targets, label)))  # N x 28 x 28 -> NCHW
     return splits[0], splits[1], [str(c) for c in MNIST.classes]
 
 
@@ -279,11 +261,11 @@ def _load_gtsrb(root: Path, download: bool, size: int):
                             f"the training set again with download=True (needs internet).") from None
         except (KeyError, ValueError, TypeError, csv.Error) as e:
             if split == "test":  # the CSV lacks the columns, or a ClassId is not a number
-                raise DataError(f"{test_csv} is not a valid GTSRB label file ({_reason(e)}); it needs ';'-separated "
+                raise DataError(f"{test_csv} is not a valid GTSRB label file ({reason(e)}); it needs ';'-separated "
                                 f"Filename and ClassId columns.") from None
-            raise DataError(f"Could not read the GTSRB {split} split under {base} ({_reason(e)}).") from None
+            raise DataError(f"Could not read the GTSRB {split} split under {base} ({reason(e)}).") from None
         except Exception as e:
-            raise DataError(f"Could not read the GTSRB {split} split under {base} ({_reason(e)}).") from None
+            raise DataError(f"Could not read the GTSRB {split} split under {base} ({reason(e)}).") from None
         if split == "train":
             # torchvision numbers the class folders it finds 0, 1, 2, ...; the folder names (00000 to 00042)
             # are the real class ids, which matters when some class folders are absent.
@@ -294,146 +276,11 @@ def _load_gtsrb(root: Path, download: bool, size: int):
         if not samples:
             raise DataError(f"The GTSRB {split} split under {base} holds no images; download it again with "
                             f"download=True (needs internet).")
-        x = _read_images([p for p, _ in samples], "RGB", size)
-        splits.append(ArraySplit(x, _labels([t for _, t in samples], f"GTSRB {split}")))
+        x = read_images([p for p, _ in samples], "RGB", size)
+        splits.append(ArraySplit(x, labels_tensor([t for _, t in samples], f"GTSRB {split}")))
     return splits[0], splits[1], list(GTSRB_CLASSES)
 
 
 def _gtsrb_class_of(path: str, fallback: int) -> int:
     name = Path(path).parent.name
     return int(name) if name.isdigit() else fallback
-
-
-# --------------------------------------------------------------------------------------------
-# image folders
-
-
-def _image_folder(directory: Path):
-    from torchvision.datasets import ImageFolder
-
-    class _Folder(ImageFolder):
-        def find_classes(self, d):  # skip hidden folders such as .ipynb_checkpoints
-            classes = sorted(e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
-            if not classes:
-                raise FileNotFoundError(d)
-            return classes, {c: i for i, c in enumerate(classes)}
-
-    # a loader that never decodes: only the file list and the labels are needed here
-    return _Folder(str(directory), loader=lambda p: p, allow_empty=True)
-
-
-def _folder_samples(directory: Path, where: str, allow_empty: bool):
-    """(class names, [(path, label)]) of an image folder, via torchvision's ImageFolder."""
-    try:
-        ds = _image_folder(directory)
-    except FileNotFoundError:
-        raise DataError(f"{where} has no class sub-folders; put each class's images in a sub-folder named after "
-                        f"the class.") from None
-    except OSError as e:
-        raise DataError(f"Could not list the images in {where} ({_reason(e)}).") from None
-    if not allow_empty:
-        empty = sorted(set(ds.classes) - {ds.classes[t] for _, t in ds.samples})
-        if empty:
-            from torchvision.datasets.folder import IMG_EXTENSIONS
-
-            raise DataError(f"The class folder(s) {', '.join(empty[:5])} in {where} hold no images "
-                            f"({', '.join(IMG_EXTENSIONS[:4])}, ...); add images or remove the folders.")
-    return ds.classes, ds.samples
-
-
-def _load_folder(path: str, size: int, seed: int):
-    if not path.strip():
-        raise DataError("The folder dataset needs a path, as in folder:/data/my_images.")
-    directory = Path(os.path.expanduser(path))
-    if not directory.exists():
-        raise DataError(f"No folder at {directory}; give folder:PATH the path of a folder with one sub-folder "
-                        f"of images per class.")
-    if not directory.is_dir():
-        raise DataError(f"{directory} is a file, not a folder; give folder:PATH a folder with one sub-folder of "
-                        f"images per class.")
-    test_dir = next((directory / n for n in ("test", "val") if (directory / n).is_dir()), None)
-    if (directory / "train").is_dir() and test_dir is not None:
-        classes, train_samples = _folder_samples(directory / "train", str(directory / "train"), False)
-        test_classes, test_samples = _folder_samples(test_dir, str(test_dir), True)
-        unknown = sorted(set(test_classes) - set(classes))
-        if unknown:
-            raise DataError(f"The classes {', '.join(unknown[:5])} in {test_dir} have no folder in "
-                            f"{directory / 'train'}; the test classes must be training classes.")
-        index = {c: i for i, c in enumerate(classes)}
-        test_samples = [(p, index[test_classes[t]]) for p, t in test_samples]
-        if not test_samples:
-            raise DataError(f"The test folder {test_dir} holds no images.")
-    else:
-        pool = directory / "train" if (directory / "train").is_dir() else directory
-        classes, samples = _folder_samples(pool, str(pool), False)
-        train_samples, test_samples = _split_samples(samples, seed)
-    if len(classes) < 2:
-        raise DataError(f"{directory} holds a single class ({classes[0]}); a classifier needs at least two "
-                        f"class sub-folders.")
-    paths = [p for p, _ in train_samples] + [p for p, _ in test_samples]
-    mode = "L" if all(_image_mode(p) in GRAYSCALE_MODES for p in paths) else "RGB"
-    x = _read_images(paths, mode, size)
-    n = len(train_samples)
-    train = ArraySplit(x[:n], _labels([t for _, t in train_samples], "folder"))
-    test = ArraySplit(x[n:], _labels([t for _, t in test_samples], "folder"))
-    return train, test, classes
-
-
-def _split_samples(samples, seed: int):
-    """A stratified, reproducible 80/20 split: every class keeps at least one training image and
-    gives at least one test image when it has two or more."""
-    g = torch.Generator().manual_seed(int(seed))
-    by_class: dict[int, list] = {}
-    for s in samples:
-        by_class.setdefault(s[1], []).append(s)
-    train, test = [], []
-    for label in sorted(by_class):
-        items = by_class[label]
-        n = len(items)
-        n_test = min(n - 1, max(1 if n >= 2 else 0, int(round(FOLDER_TEST_FRACTION * n))))
-        order = torch.randperm(n, generator=g).tolist()
-        test += [items[i] for i in order[:n_test]]
-        train += [items[i] for i in order[n_test:]]
-    if not test:
-        raise DataError("The image folder is too small to hold out a test split; give each class at least two "
-                        "images, or use train/ and test/ sub-folders.")
-    return train, test
-
-
-def _image_mode(path: str) -> str:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:  # reads the header only
-            return im.mode
-    except Exception as e:
-        raise DataError(f"Could not read the image {path} ({_reason(e)}); remove or replace it.") from None
-
-
-def _read_images(paths: list[str], mode: str, size: int) -> torch.Tensor:
-    """Decode images with PIL into one uint8 N x C x size x size tensor (threads: PIL releases the GIL)."""
-    from PIL import Image
-
-    c = 1 if mode == "L" else 3
-    out = np.empty((len(paths), size, size) if c == 1 else (len(paths), size, size, 3), dtype=np.uint8)
-
-    def read(i):
-        try:
-            with Image.open(paths[i]) as im:
-                im = im.convert(mode)
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                out[i] = np.asarray(im, dtype=np.uint8)
-        except Exception as e:
-            raise DataError(f"Could not read the image {paths[i]} ({_reason(e)}); remove or replace it.") from None
-
-    workers = max(1, min(8, os.cpu_count() or 1))
-    if workers == 1 or len(paths) < 64:
-        for i in range(len(paths)):
-            read(i)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(read, range(len(paths)), chunksize=64):
-                pass
-    x = torch.from_numpy(out)
-    return x[:, None].contiguous() if c == 1 else x.permute(0, 3, 1, 2).contiguous()
