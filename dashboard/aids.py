@@ -38,13 +38,6 @@ def knee(values: np.ndarray) -> int | None:
     return int(np.argmax(d))
 
 
-def cut_for_count(values: np.ndarray, count: int, suspicious: str) -> float:
-    """A threshold (sweep units) that prunes the first ``count`` neurons of ``values`` (sorted
-    most suspicious first): the value itself for masks (``<=``), just below it for constants."""
-    v = values[count - 1]
-    return float(v) if suspicious == "low" else float(v) - 1e-9
-
-
 def u_rule_count(run: FinishedRun, u: float = 3.0) -> int:
     """How many neurons CLP's rule flags: more than ``u`` std-devs from the layer mean on the
     suspicious side (above for constants, below for masks)."""

@@ -84,8 +84,9 @@ def cut_text(cut) -> str:
 
 def cut_words(cut) -> str:
     """A cut for a sentence: "threshold 0.2", "the 16 most suspicious neurons (ties in layer order)"."""
-    return f"the {neurons(cut.n)} most suspicious (ties in layer order)" if isinstance(cut, Count) \
-        else f"threshold {cut:g}"
+    if isinstance(cut, Count):
+        return f"the {cut.n} most suspicious neuron{'s' * (cut.n != 1)} (ties in layer order)"
+    return f"threshold {cut:g}"
 
 
 def parse_cut(text) -> "float | Count":
@@ -119,22 +120,37 @@ class FinishedRun:
         return [r["threshold"] for r in self.rows]
 
     @cached_property
-    def below_grid(self) -> list[dict]:
-        """The count sweep's points that prune fewer neurons than the lowest threshold, when every
-        neuron that threshold prunes has the same score (nothing to cut between); else none."""
-        if not self.rows or not self.rows[0]["n_pruned"]:
-            return []
+    def tie(self) -> dict | None:
+        """``{"n": how many, "score": their score}`` when every neuron the mildest threshold (the
+        one pruning fewest) prunes shares one score, so no threshold cuts between them (RNP's
+        masks at exactly 0); else None."""
+        if not self.rows:
+            return None
+        mildest = min(self.rows, key=lambda r: r["n_pruned"])
+        if not mildest["n_pruned"]:
+            return None
         units = sweep_units(self.scores, self.suspicious)
-        sel = selected(units, self.rows[0]["threshold"], self.suspicious)
+        sel = selected(units, mildest["threshold"], self.suspicious)
         tied = np.concatenate([units[k][sel[k]] for k in units])
         if tied.size == 0 or tied.min() != tied.max():
+            return None
+        return {"n": int(mildest["n_pruned"]), "score": float(tied[0])}
+
+    @property
+    def below_grid(self) -> list[dict]:
+        """The count sweep's points that prune fewer neurons than the mildest threshold when its
+        neurons tie (see :attr:`tie`), fewest first; else none."""
+        if self.tie is None:
             return []
-        return [r for r in self.sweep.get("count", []) if r["n_pruned"] < self.rows[0]["n_pruned"]]
+        return sorted((r for r in self.sweep.get("count", []) if r["n_pruned"] < self.tie["n"]),
+                      key=lambda r: r["n_pruned"])
 
     @property
     def cuts(self) -> list:
-        """The slider's points, fewest neurons first: counts below the grid, then the thresholds."""
-        return [Count(r["n_pruned"]) for r in self.below_grid] + self.thresholds
+        """The slider's points in its order: the counts below the grid sit beside the mildest
+        threshold (left of threshold 0 for masks, right of the largest u for constants)."""
+        counts = [Count(r["n_pruned"]) for r in self.below_grid]
+        return counts + self.thresholds if self.suspicious == "low" else self.thresholds + counts[::-1]
 
     def row(self, cut) -> dict:
         """The precomputed sweep point of a cut (a threshold off the grid: the nearest one)."""
@@ -143,17 +159,17 @@ class FinishedRun:
         return row_at(self.rows, cut)
 
     def slider_text(self, cut) -> str:
-        """A slider point: "0.2 · 12 pruned", or below the grid "16 of the 37 tied"."""
+        """A slider point: "0.2 · 12 pruned", or below the grid "16 pruned (of 48 tied at 0)"."""
         if isinstance(cut, Count):
-            return f"{cut.n} of the {self.rows[0]['n_pruned']} tied"
+            return f"{cut.n} pruned (of {self.tie['n']} tied at {self.tie['score']:g})"
         return f"{cut:g} · {self.row(cut)['n_pruned']} pruned"
 
     def cut_rows(self) -> list[dict]:
         """Every slider point's sweep row, with its cut (``"cut"``), its text for a chart's click
-        (``"key"``) and its name for a person (``"label"``)."""
-        tied = self.rows[0]["n_pruned"] if self.rows else 0
+        (``"key"``) and its name in a sentence (``"label"``)."""
         below = [dict(r, cut=Count(r["n_pruned"]), key=f"n{r['n_pruned']}",
-                      label=f"{r['n_pruned']} of the {tied} tied") for r in self.below_grid]
+                      label=f"{r['n_pruned']} of the {self.tie['n']} neurons tied at {self.tie['score']:g}")
+                 for r in self.below_grid]
         return below + [dict(r, cut=r["threshold"], key=f"{r['threshold']:g}", label=f"threshold {r['threshold']:g}")
                         for r in self.rows]
 
@@ -417,7 +433,7 @@ def cut_cost_warning(baseline_acc, cut: dict | None, rows: list[dict], within: f
     if kept:
         best = min(kept, key=lambda r: (r["asr"] if r.get("asr") is not None and r["asr"] == r["asr"] else 2.0,
                                         -r["acc"]))
-        where = (f"pruning {best['label']} (the slider's points below the lowest threshold)"
+        where = (f"pruning {best['label']} (a cut below the lowest threshold, by count)"
                  if isinstance(best.get("cut"), Count) else
                  f"threshold {best['threshold']:g} prunes {best['n_pruned']} and")
         return (head + f": {where} keeps ACC {fmt_rate(best['acc'])} (ASR {fmt_rate(best.get('asr'))}), so {choose} "
@@ -428,12 +444,6 @@ def cut_cost_warning(baseline_acc, cut: dict | None, rows: list[dict], within: f
            if fewest else "")
     return (head + f", and no swept cut keeps ACC within {100 * within:.0f} points{low}: run the defense again "
             "with gentler settings, such as the Defend page's demo budget.")
-
-
-def sweep_rows(run_dir: Path) -> list[dict]:
-    """The finished run's slider points, counts below the threshold grid included (see
-    :meth:`FinishedRun.cut_rows`); empty before its sweep is written."""
-    return load_finished(run_dir).cut_rows() if is_finished(run_dir) else []
 
 
 def cached_effects(run_dir: Path) -> dict:

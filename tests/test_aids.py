@@ -28,11 +28,6 @@ def test_the_knee_is_the_point_farthest_from_the_chord():
     assert aids.knee(np.ones(5)) is None
 
 
-def test_a_count_becomes_the_threshold_that_prunes_exactly_those_neurons():
-    assert aids.cut_for_count(np.array([0.0, 0.1, 0.3]), 2, "low") == pytest.approx(0.1)  # masks: at or below
-    assert aids.cut_for_count(np.array([5.0, 3.0, 1.0]), 2, "high") == pytest.approx(3.0 - 1e-9)  # u: above
-
-
 def test_the_u_rule_flags_the_neurons_far_out_on_the_suspicious_side():
     high = run_with({"a": [0.0] * 9 + [10.0], "b": [1.0, 2.0, 3.0]}, "high")
     assert aids.sorted_suspicious(high)[0] == pytest.approx(max(aids.sorted_suspicious(high)))

@@ -135,9 +135,30 @@ def test_the_neuron_and_triggers_pages_follow_a_count_chosen_on_explore(tied_run
     at.query_params["run"], at.query_params["layer"], at.query_params["index"] = RUN, first[0], str(first[1])
     at.run()
     no_exception(at, "neuron")
-    assert any("the 16 neurons most suspicious (ties in layer order) as chosen on Explore" in c.value
+    assert any("the 16 most suspicious neurons (ties in layer order) as chosen on Explore" in c.value
                for c in at.caption)
     assert metric(at, "At the chosen cut") == "pruned"
+    assert any(f"It ties with {TIED - 1} others" in c.value for c in at.caption)
     at.switch_page("views/triggers.py").run()
     no_exception(at, "triggers")
     assert at.select_slider(key=f"attr_threshold_{RUN}").value == Count(16)
+
+
+def test_constants_tied_above_the_largest_u_get_counts_after_it():
+    """For constants (high = suspicious) the mildest threshold is the largest u: the counts that
+    prune fewer of its tied neurons come after it on the slider, fewest last."""
+    from pathlib import Path
+
+    scores = {"a": np.r_[np.zeros(200), np.full(3, 100.0)].astype(np.float32)}
+    units = rundata.sweep_units(scores, "high")
+    thresholds = [round(0.25 * i, 4) for i in range(20)]
+    rows = [{"threshold": t, "n_pruned": int(rundata.selected(units, t, "high")["a"].sum()), "acc": 0.9, "asr": 0.5}
+            for t in thresholds]
+    counts = [{"threshold": float(c), "n_pruned": c, "acc": 0.9, "asr": 0.5} for c in (0, 1, 2, 10)]
+    run = rundata.FinishedRun("r", Path("."), {}, {}, {"suspicious": "high"}, {"threshold": rows, "count": counts},
+                              scores, None)
+    assert rows[-1]["n_pruned"] == 3 and run.tie == {"n": 3, "score": pytest.approx(float(units["a"][-1]))}
+    assert run.cuts == thresholds + [Count(2), Count(1), Count(0)]
+    assert run.slider_text(Count(1)).startswith("1 pruned (of 3 tied at ")
+    sel = rundata.cut_selection(run, Count(2))["a"]
+    assert sel.sum() == 2 and sel[-3:].sum() == 2  # two of the three tied constants, none of the zeros

@@ -10,7 +10,7 @@ from dashboard.modelsetup import user_message
 from dashboard.recovery_form import recovery_settings
 from dashboard.config_form import below_paper, paper_defaults, render, widget_key
 from dashboard.liveview import finished_cut, live_score_label, live_view, status_line
-from dashboard.rundata import cut_cost_warning, describe_run, neurons, run_path, runs_dir, sweep_rows
+from dashboard.rundata import cut_cost_warning, describe_run, is_finished, neurons, run_path, runs_dir
 from dashboard.scanview import defend_hint
 from defenses.base import all_defenses, config_from_dict
 from defenses.runs.estimate import human_seconds
@@ -191,7 +191,8 @@ def draw(run_id: str) -> bool:
             b4.metric("ASR, own cut", fmt_rate(cut["asr"]), help=f"At the defense's own cut: {neurons(cut['n_pruned'])} pruned.")
     if cut:
         st.caption(f"The defense's own cut prunes {neurons(cut['n_pruned'])}; every other cut is on Explore.")
-        costly = cut_cost_warning((view.baseline or {}).get("acc"), cut, sweep_rows(run_dir))
+        rows = cache.finished_run(run_id).cut_rows() if is_finished(run_dir) else []  # counts below the grid too
+        costly = cut_cost_warning((view.baseline or {}).get("acc"), cut, rows)
         if costly:
             st.warning(costly, icon=":material/content_cut:")
         page_link("views/explore.py", "Explore it →", ":material/query_stats:")

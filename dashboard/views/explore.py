@@ -64,17 +64,18 @@ if st.session_state.get(THRESHOLD_KEY) not in options:
                                                                  url_t if url_run == run_id else None)
 # the chosen cut: a threshold on the sweep's scale, or a rundata.Count below the lowest one
 threshold = st.select_slider(
-    f"Prune every neuron {'at or below' if run.suspicious == 'low' else 'above'} this {units_name}",
-    options=options, key=THRESHOLD_KEY, help="ACC and ASR below were measured when the run swept this threshold, so "
+    f"Prune every neuron {'at or below' if run.suspicious == 'low' else 'above'} this {units_name}"
+    + (", or a number of the neurons tied beyond the mildest threshold" if run.tie else ""),
+    options=options, key=THRESHOLD_KEY, help="ACC and ASR below were measured when the run swept this cut, so "
                                              "moving the slider shows them at once.",
     format_func=run.slider_text)
 _remember(threshold)
 row = run.row(threshold)
 if isinstance(threshold, rundata.Count):
-    st.caption(f"Below the lowest threshold: the {run.rows[0]['n_pruned']} most suspicious neurons share one score "
-               f"({units_name} {aids.sorted_suspicious(run)[0]:g}), so no threshold cuts between them. This point "
-               f"prunes {threshold.n} of them, the first in layer order, as RNP's prune-by-number "
-               "does: which of the tied neurons go is arbitrary.")
+    st.caption(f"Beyond the mildest threshold: the {run.tie['n']} most suspicious neurons share one score "
+               f"({units_name} {run.tie['score']:g}), so no threshold cuts between them. This point prunes "
+               f"{threshold.n} of them, the first in layer order, as pruning by number does (RNP's code too): which "
+               "of the tied neurons go is arbitrary.")
 base = res.get("baseline", {})
 m1, m2, m3 = st.columns(3)
 acc_delta = rundata.points_delta(row["acc"], base.get("acc"))
@@ -169,11 +170,14 @@ def _scores_tab():
 
 def _aids_tab():
     st.caption("A real defender does not know the trigger. These aids choose a cut from the scores and the clean "
-               "accuracy alone; **Use** moves the threshold to the nearest precomputed point.")
+               "accuracy alone; **Use** moves the slider to the nearest precomputed cut.")
     a1, a2 = st.columns(2)
     with a1:
         budget = st.slider("ACC-drop budget (points)", 0.0, 20.0, 2.0, 0.5, key="budget") / 100
         cut = acc_budget_cut(run.cut_rows(), base.get("acc", 1.0), budget)
+        if cut is not None and not cut["n_pruned"]:  # the unpruned model: no cut to offer
+            cut = None
+            st.caption("No swept cut that prunes anything keeps ACC within this budget.")
         below = cut is not None and isinstance(cut["cut"], rundata.Count)
         st.plotly_chart(figures.acc_budget_figure(run.rows, base.get("acc", 1.0), budget,
                                                   cut["threshold"] if cut and not below else None, axis_name),
@@ -188,10 +192,10 @@ def _aids_tab():
         st.plotly_chart(figures.sorted_scores_figure(values, gap, kn, rundata.score_label(run.suspicious)),
                         key="sorted_chart")
         for label, idx, key in (("largest gap", gap, "use_gap"), ("knee", kn, "use_knee")):
-            if idx is not None:
-                t = aids.cut_for_count(values, idx + 1, run.suspicious)
-                st.button(f"Use the {label}: prune {rundata.neurons(idx + 1)} (threshold ≈ {t:.3g})", key=key,
-                          on_click=_set_threshold, args=(t,))
+            if idx is not None:  # the swept cut pruning the nearest number of neurons (fewer on a tie)
+                near = min(run.cut_rows(), key=lambda r: (abs(r["n_pruned"] - (idx + 1)), r["n_pruned"]))
+                st.button(f"Use the {label}: {rundata.neurons(idx + 1)}; nearest swept cut: {near['label']}, "
+                          f"{near['n_pruned']} pruned", key=key, on_click=_set_threshold, args=(near["cut"],))
     u = st.number_input("CLP's u rule: flag neurons more than u std-devs from their layer's mean", 0.0, 10.0, 3.0,
                         0.5, key="u_rule")
     n_u = aids.u_rule_count(run, u)

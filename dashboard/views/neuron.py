@@ -19,7 +19,7 @@ st.title("Neuron inspector")
 url = {k: st.query_params.get(k) for k in ("run", "layer", "index", "t")}
 run_id, run = pick_finished_run("neuron_run")
 
-cut = rundata.starting_threshold(run, saved_threshold(run_id), url.get("t"))
+cut = rundata.starting_threshold(run, saved_threshold(run_id), url.get("t") if url["run"] == run_id else None)
 units = rundata.sweep_units(run.scores, run.suspicious)
 pruned = rundata.cut_selection(run, cut)
 layers = list(run.scores)
@@ -76,7 +76,10 @@ m1.metric("Score", f"{card['score']:.4g}", help=rundata.score_label(run.suspicio
 m2.metric("Rank overall", f"{card['rank']} of {card['of']}", help="1 is the most suspicious neuron of the run.")
 m3.metric("Rank in its layer", f"{card['rank_in_layer']} of {card['layer_size']}")
 m4.metric("At the chosen cut", "pruned" if card["pruned"] else "kept")  # the cut is named in the caption below
-st.caption(f"{layer}[{index}], a {KINDS.get(kind, kind)}; {rundata.cut_words(cut)} as chosen on Explore.")
+tied = (f" It ties with {run.tie['n'] - 1} others at the most suspicious score; the count takes the first "
+        f"{cut.n} in layer order." if isinstance(cut, rundata.Count) and run.tie and card["unit"] == run.tie["score"]
+        else "")
+st.caption(f"{layer}[{index}], a {KINDS.get(kind, kind)}; {rundata.cut_words(cut)} as chosen on Explore.{tied}")
 
 if run.suspicious == "low":
     steps = [step for step, _ in list_snapshots(run.path)]

@@ -135,7 +135,7 @@ start = saved_threshold(run_id) if saved_threshold(run_id) in options else runda
 attr_key = f"attr_threshold_{run_id}"  # one per run, as on Explore: a grid point of one run is not another's
 if st.session_state.get(attr_key) not in options:
     st.session_state[attr_key] = start
-cut = st.select_slider("Pruned at threshold", options=options, key=attr_key, format_func=run.slider_text)
+cut = st.select_slider("Pruned at", options=options, key=attr_key, format_func=run.slider_text)
 save_threshold(run_id, cut)
 try:
     maps = cache.attributions(run_id, cut, method)
