@@ -23,6 +23,10 @@ pytest.importorskip("ray")
 # Cheap signals: the point here is the plumbing, each model's scan takes a few seconds.
 CHEAP = ["--signals", "weights,mmbd", "--set", "mmbd.steps=10", "--set", "mmbd.restarts=2"]
 SLOW = ["--signals", "weights,mmbd", "--set", "mmbd.steps=400", "--set", "mmbd.restarts=4"]
+# Ctrl-C must land between the first model's result and the last one's: with CHEAP's 10 steps the
+# models after the first took 0.3 s each, and under load the signal came after the last one (CI at
+# a629faa's parent: exit 0, not 130). 200 steps give each about 2 s.
+CTRL_C = ["--signals", "weights,mmbd", "--set", "mmbd.steps=200", "--set", "mmbd.restarts=2"]
 
 
 def tiny_checkpoint(path: Path, seed: int) -> Path:
@@ -209,7 +213,7 @@ def test_a_worker_killed_mid_task_is_retried_and_the_zoo_completes(cluster, zoo,
 def test_ctrl_c_keeps_what_finished_and_the_next_run_resumes(zoo, tmp_path):
     runs = tmp_path / "runs"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    p = prunescope("--runs-dir", str(runs), "scan", "--zoo", str(zoo), *CHEAP, "--workers", "1", env=env)
+    p = prunescope("--runs-dir", str(runs), "scan", "--zoo", str(zoo), *CTRL_C, "--workers", "1", env=env)
     deadline = time.time() + 180
     while time.time() < deadline and p.poll() is None:
         rows = summary(runs).values() if (runs / "zoos").exists() else []
@@ -226,7 +230,7 @@ def test_ctrl_c_keeps_what_finished_and_the_next_run_resumes(zoo, tmp_path):
     scans_before = {d.name for d in (runs / "scans").iterdir()}
 
     # resume: the finished models are not scanned again, the rest are
-    p = prunescope("--runs-dir", str(runs), "scan", "--zoo", str(zoo), *CHEAP, "--workers", "2", env=env)
+    p = prunescope("--runs-dir", str(runs), "scan", "--zoo", str(zoo), *CTRL_C, "--workers", "2", env=env)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-2000:]
     second = summary(runs)
@@ -240,7 +244,7 @@ def test_ctrl_c_keeps_what_finished_and_the_next_run_resumes(zoo, tmp_path):
     from defenses.scan.zoo import list_zoos, scan_zoo
 
     calls = []
-    scan_zoo(zoo, {"signals": ["weights", "mmbd"], "settings": {"mmbd": {"steps": 10, "restarts": 2}}},
+    scan_zoo(zoo, {"signals": ["weights", "mmbd"], "settings": {"mmbd": {"steps": 200, "restarts": 2}}},
              runs_dir=runs, workers=1, progress=lambda t, d: calls.append(t.total))
     third = summary(runs)
     assert calls[-1] == 2  # two tasks: model b, and the failed row, which every invocation tries again
