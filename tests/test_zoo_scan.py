@@ -23,10 +23,13 @@ pytest.importorskip("ray")
 # Cheap signals: the point here is the plumbing, each model's scan takes a few seconds.
 CHEAP = ["--signals", "weights,mmbd", "--set", "mmbd.steps=10", "--set", "mmbd.restarts=2"]
 SLOW = ["--signals", "weights,mmbd", "--set", "mmbd.steps=400", "--set", "mmbd.restarts=4"]
-# Ctrl-C must land between the first model's result and the last one's: with CHEAP's 10 steps the
-# models after the first took 0.3 s each, and under load the signal came after the last one (CI at
-# a629faa's parent: exit 0, not 130). 200 steps give each about 2 s.
-CTRL_C = ["--signals", "weights,mmbd", "--set", "mmbd.steps=200", "--set", "mmbd.restarts=2"]
+# Ctrl-C must land between the first model's result and the last one's. At CHEAP's 10 steps the
+# models after the first took 0.3 s each; at 200 steps, 1.5-7 s: in two CI runs on 2 loaded cores
+# the signal still came after the last result (exit 0, not 130). The Ctrl-C test scans a tiny model
+# first and the two sample models after it at 800 steps, so the scan runs on for half a minute
+# after the first result.
+CTRL_C_STEPS = 800
+CTRL_C = ["--signals", "weights,mmbd", "--set", f"mmbd.steps={CTRL_C_STEPS}", "--set", "mmbd.restarts=2"]
 
 
 def tiny_checkpoint(path: Path, seed: int) -> Path:
@@ -211,18 +214,22 @@ def test_a_worker_killed_mid_task_is_retried_and_the_zoo_completes(cluster, zoo,
 
 
 def test_ctrl_c_keeps_what_finished_and_the_next_run_resumes(zoo, tmp_path):
+    rows = list(csv.DictReader(zoo.read_text().splitlines()))
+    zoo = write_manifest(tmp_path, [rows[2], rows[0], rows[1], rows[3], rows[4]])  # a, clean, centre, b, wrong
     runs = tmp_path / "runs"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = time.time()
     p = prunescope("--runs-dir", str(runs), "scan", "--zoo", str(zoo), *CTRL_C, "--workers", "1", env=env)
-    deadline = time.time() + 180
-    while time.time() < deadline and p.poll() is None:
-        rows = summary(runs).values() if (runs / "zoos").exists() else []
-        if any(r["state"] == "done" for r in rows):
+    states = []
+    while time.time() < start + 180 and p.poll() is None:
+        states = [r["state"] for r in summary(runs).values()] if (runs / "zoos").exists() else []
+        if "done" in states:
             break
         time.sleep(0.2)
     p.send_signal(signal.SIGINT)
+    sent = f"SIGINT after {time.time() - start:.1f} s with the rows {states}"
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err[-2000:]
+    assert p.returncode == 130, sent + "\n" + err[-2000:]
     assert "cancelled" in err
     first = summary(runs)
     finished = {n for n, r in first.items() if r["state"] == "done"}
@@ -244,7 +251,7 @@ def test_ctrl_c_keeps_what_finished_and_the_next_run_resumes(zoo, tmp_path):
     from defenses.scan.zoo import list_zoos, scan_zoo
 
     calls = []
-    scan_zoo(zoo, {"signals": ["weights", "mmbd"], "settings": {"mmbd": {"steps": 200, "restarts": 2}}},
+    scan_zoo(zoo, {"signals": ["weights", "mmbd"], "settings": {"mmbd": {"steps": CTRL_C_STEPS, "restarts": 2}}},
              runs_dir=runs, workers=1, progress=lambda t, d: calls.append(t.total))
     third = summary(runs)
     assert calls[-1] == 2  # two tasks: model b, and the failed row, which every invocation tries again
