@@ -70,10 +70,10 @@ def explorable_runs() -> list[dict]:
 
 @dataclass(frozen=True)
 class Count:
-    """A cut below the threshold grid: the ``n`` most suspicious neurons, ties in layer order (the
-    engine's count sweep; RNP's prune-by-number). Offered only where the grid's lowest threshold
-    prunes neurons that all tie (RNP's masks at exactly 0): no threshold cuts between them, and
-    without these points the slider could not prune fewer (issue 27: ACC 84% at the lowest)."""
+    """A cut beyond the threshold grid: the ``n`` most suspicious neurons, ties in layer order (the
+    engine's count sweep; pruning by number). Offered only where the mildest threshold prunes
+    neurons that all tie (RNP's masks at exactly 0, see :attr:`FinishedRun.tie`): no threshold
+    cuts between them, and without these points the slider could not prune fewer."""
     n: int
 
 
@@ -167,10 +167,10 @@ class FinishedRun:
     def cut_rows(self) -> list[dict]:
         """Every slider point's sweep row, with its cut (``"cut"``), its text for a chart's click
         (``"key"``) and its name in a sentence (``"label"``)."""
-        below = [dict(r, cut=Count(r["n_pruned"]), key=f"n{r['n_pruned']}",
+        below = [dict(r, cut=Count(r["n_pruned"]), key=cut_text(Count(r["n_pruned"])),
                       label=f"{r['n_pruned']} of the {self.tie['n']} neurons tied at {self.tie['score']:g}")
                  for r in self.below_grid]
-        return below + [dict(r, cut=r["threshold"], key=f"{r['threshold']:g}", label=f"threshold {r['threshold']:g}")
+        return below + [dict(r, cut=r["threshold"], key=cut_text(r["threshold"]), label=cut_words(r["threshold"]))
                         for r in self.rows]
 
     @property
