@@ -14,11 +14,17 @@ The same question for a dashboard run's worker, which runs at nice 10 beside the
 and the browser: one ANP process at nice 10 beside a light, bursty load at normal priority (one
 thread, 30 ms of work every 100 ms, about what a page redrawing its live charts costs), spinning
 and sleeping.
+
+Two hypotheses of the suite's time (docs/suite.md), each refuted or not by its rows: a short spin
+(``GOMP_SPINCOUNT``, libgomp's spin before it sleeps) keeps spinning's speed alone without its cost
+beside a second process; and one thread for the tests that reproduce no recorded claim would leave
+a two-thread claim beside them more of the cores than a second two-thread process does.
 """
 from __future__ import annotations
 
 import argparse
 import os
+from typing import NamedTuple
 import re
 import subprocess
 import sys
@@ -32,7 +38,7 @@ CHILD = """
 import os, sys, time, torch
 if len(sys.argv) > 2:
     os.nice(int(sys.argv[2]))
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
 from sample_models import load_sample
 from defenses.readers.data import load_dataset
 from defenses.methods.anp import ANP, ANPConfig
@@ -54,19 +60,27 @@ while True:
 """
 
 
-def _runs(n: int, iterations: int, policy: str | None, nice: int | None = None,
-          load: bool = False) -> tuple[list[float], list[float], float]:
-    """``n`` ANP processes started together (at ``nice``, beside the light ``load`` when asked):
-    each one's ANP seconds and mask sum, and the wall time."""
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
-    background = subprocess.Popen([sys.executable, "-c", LOAD]) if load else None
+class Case(NamedTuple):
+    label: str
+    threads: tuple[int, ...]  # one ANP process per entry, with that many torch threads
+    policy: str | None = None  # OMP_WAIT_POLICY; None: libgomp's default (spin, then sleep)
+    spincount: int | None = None  # GOMP_SPINCOUNT
+    nice: int | None = None
+    load: bool = False  # beside the light, bursty load
+
+
+def _runs(case: Case, iterations: int) -> tuple[list[float], list[float], float]:
+    """The case's ANP processes started together: each one's ANP seconds and mask sum, and the wall time."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if case.policy:
+        env["OMP_WAIT_POLICY"] = case.policy
+    if case.spincount is not None:
+        env["GOMP_SPINCOUNT"] = str(case.spincount)
+    background = subprocess.Popen([sys.executable, "-c", LOAD]) if case.load else None
     t0 = time.perf_counter()
-    args = [str(iterations)] + ([str(nice)] if nice is not None else [])
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, *args], env=env, stdout=subprocess.PIPE, text=True)
-             for _ in range(n)]
+    args = [str(iterations)] + ([str(case.nice)] if case.nice is not None else [])
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, *args], env={**env, "BENCH_THREADS": str(t)},
+                              stdout=subprocess.PIPE, text=True) for t in case.threads]
     outs = [p.communicate()[0].split() for p in procs]
     wall = time.perf_counter() - t0
     if background is not None:
@@ -81,29 +95,39 @@ def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=40)
     args = p.parse_args(argv)
-    cases = [("alone, spinning (the default)", 1, None, None, False),
-             ("alone, sleeping (PASSIVE)", 1, "PASSIVE", None, False),
-             ("two at once, spinning (the default)", 2, None, None, False),
-             ("two at once, sleeping (PASSIVE)", 2, "PASSIVE", None, False),
-             ("a worker (nice 10) beside a light load, spinning", 1, None, 10, True),
-             ("a worker (nice 10) beside a light load, sleeping (PASSIVE)", 1, "PASSIVE", 10, True),
-             ("two workers (nice 10) beside a light load, spinning", 2, None, 10, True),
-             ("two workers (nice 10) beside a light load, sleeping (PASSIVE)", 2, "PASSIVE", 10, True)]
-    rows, sums = [], set()
-    for label, n, policy, nice, load in cases:
-        secs, mask_sums, wall = _runs(n, args.iterations, policy, nice, load)
-        sums.update(round(s, 6) for s in mask_sums)
-        rows.append((label, secs, wall))
-        print(label, [round(s, 1) for s in secs], round(wall, 1), flush=True)
+    two = (2, 2)
+    cases = [Case("alone, spinning (the default)", (2,)),
+             Case("alone, sleeping (PASSIVE)", (2,), "PASSIVE"),
+             Case("two at once, spinning (the default)", two),
+             Case("two at once, sleeping (PASSIVE)", two, "PASSIVE"),
+             Case("a worker (nice 10) beside a light load, spinning", (2,), nice=10, load=True),
+             Case("a worker (nice 10) beside a light load, sleeping (PASSIVE)", (2,), "PASSIVE", nice=10, load=True),
+             Case("two workers (nice 10) beside a light load, spinning", two, nice=10, load=True),
+             Case("two workers (nice 10) beside a light load, sleeping (PASSIVE)", two, "PASSIVE", nice=10, load=True),
+             Case("two at once, a short spin (GOMP_SPINCOUNT=1000)", two, spincount=1000),
+             Case("two at once, a short spin (GOMP_SPINCOUNT=10000)", two, spincount=10000),
+             Case("one thread alone, sleeping (PASSIVE)", (1,), "PASSIVE"),
+             Case("two threads beside one thread, sleeping (PASSIVE)", (2, 1), "PASSIVE"),
+             Case("one thread beside one thread, sleeping (PASSIVE)", (1, 1), "PASSIVE")]
+    rows, sums = [], {}
+    for case in cases:
+        secs, mask_sums, wall = _runs(case, args.iterations)
+        for t, m in zip(case.threads, mask_sums):
+            sums.setdefault(t, set()).add(round(m, 6))
+        rows.append((case, secs, wall))
+        print(case.label, [round(s, 1) for s in secs], round(wall, 1), flush=True)
     alone = rows[0][1][0]
+    same = all(len(v) == 1 for v in sums.values())
     lines = [START, "",
-             f"ANP, {args.iterations} iterations on `cnn_badnets_centre`, two torch threads per process, one run of "
-             f"`python -m bench.omp_wait` on idle cores ({os.cpu_count()} here). The masks were "
-             f"{'the same in every case' if len(sums) == 1 else 'NOT the same: ' + str(sorted(sums))}.", "",
-             "| processes | ANP seconds, each | per run vs alone | wall for all |", "|---|---|---|---|"]
-    for label, secs, wall in rows:
-        lines.append(f"| {label} | {', '.join(f'{s:.1f}' for s in secs)} | "
-                     f"{max(secs) / alone:.2f}x | {wall:.1f} s |")
+             f"ANP, {args.iterations} iterations on `cnn_badnets_centre`, two torch threads per process unless the row "
+             f"says one, one run of `python -m bench.omp_wait` on idle cores ({os.cpu_count()} here). "
+             f"The masks were {'the same in every case of the same thread count' if same else 'NOT the same: ' + str(sums)}"
+             f"{' (one thread sums in another order: ' + ', '.join(f'{t} thread(s) {min(v):.6f}' for t, v in sorted(sums.items())) + ')' if len(sums) > 1 and same else ''}.",
+             "", "| processes | ANP seconds, each | the two-thread run vs alone | wall for all |", "|---|---|---|---|"]
+    for case, secs, wall in rows:
+        two_thread = [s for t, s in zip(case.threads, secs) if t == 2]
+        ratio = f"{max(two_thread) / alone:.2f}x" if two_thread else "-"
+        lines.append(f"| {case.label} | {', '.join(f'{s:.1f}' for s in secs)} | {ratio} | {wall:.1f} s |")
     lines += ["", END]
     table = "\n".join(lines)
     text = DOC.read_text() if DOC.exists() else ""

@@ -89,6 +89,11 @@ def cut_words(cut) -> str:
     return f"threshold {cut:g}"
 
 
+def threshold_of(cut) -> float | None:
+    """The cut's threshold, or None for a count: the charts whose x axis is the score draw no marker then."""
+    return None if isinstance(cut, Count) else cut
+
+
 def parse_cut(text) -> "float | Count":
     """The inverse of :func:`cut_text`; ValueError on anything else (a hand-edited URL)."""
     text = str(text).strip()

@@ -117,7 +117,7 @@ def _sweep_tab():
                "are on the *Triage* tab.")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(figures.sweep_figure(run.rows, None if isinstance(threshold, rundata.Count) else threshold,
+        st.plotly_chart(figures.sweep_figure(run.rows, rundata.threshold_of(threshold),
                                              x_title=axis_name), key="sweep_chart",
                         on_select=lambda: _on_click("sweep_chart"), selection_mode="points")
     with right:
@@ -149,7 +149,7 @@ def _scores_tab():
     else:
         units = rundata.sweep_units(run.scores, run.suspicious)
         shown = {k: units[k] for k in chosen}
-        fig = figures.score_distribution(shown, kind, None if isinstance(threshold, rundata.Count) else threshold,
+        fig = figures.score_distribution(shown, kind, rundata.threshold_of(threshold),
                                          rundata.score_label(run.suspicious))
         if kind != "histogram":
             st.plotly_chart(fig, key="dist_chart")

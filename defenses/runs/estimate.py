@@ -99,7 +99,7 @@ def estimate(request, steps: int = 5, budget_s: float = 2.0) -> list[Stage]:
     t0 = time.perf_counter()
     data, model, _, trigger, _ = load_inputs(request.model, request.data, request.trigger)
     model.to(device)
-    nmap = find_neurons(model, data.shape, device)
+    find_neurons(model, data.shape, device)  # a model the run could not prune fails here, in one sentence
     stages = [Stage("loading", "loading the model and data", time.perf_counter() - t0)]
 
     # One evaluation of the test split (ACC and ASR), from a slice of it
