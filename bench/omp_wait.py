@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import NamedTuple
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
+
+from . import write_between
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "suite.md"
 START, END = "<!-- omp_wait table: python -m bench.omp_wait -->", "<!-- end omp_wait table -->"
@@ -117,12 +118,15 @@ def main(argv=None) -> str:
         rows.append((case, secs, wall))
         print(case.label, [round(s, 1) for s in secs], round(wall, 1), flush=True)
     alone = rows[0][1][0]
-    same = all(len(v) == 1 for v in sums.values())
+    if all(len(v) == 1 for v in sums.values()):  # one sum per thread count; another count sums in another order
+        masks = "the same in every case of the same thread count (sums: " + ", ".join(
+            f"{t} thread{'s' * (t != 1)} {min(v):.6f}" for t, v in sorted(sums.items())) + ")"
+    else:
+        masks = f"NOT the same: {sums}"
     lines = [START, "",
              f"ANP, {args.iterations} iterations on `cnn_badnets_centre`, two torch threads per process unless the row "
              f"says one, one run of `python -m bench.omp_wait` on idle cores ({os.cpu_count()} here). "
-             f"The masks were {'the same in every case of the same thread count' if same else 'NOT the same: ' + str(sums)}"
-             f"{' (one thread sums in another order: ' + ', '.join(f'{t} thread(s) {min(v):.6f}' for t, v in sorted(sums.items())) + ')' if len(sums) > 1 and same else ''}.",
+             f"The masks were {masks}.",
              "", "| processes | ANP seconds, each | the two-thread run vs alone | wall for all |", "|---|---|---|---|"]
     for case, secs, wall in rows:
         two_thread = [s for t, s in zip(case.threads, secs) if t == 2]
@@ -130,10 +134,7 @@ def main(argv=None) -> str:
         lines.append(f"| {case.label} | {', '.join(f'{s:.1f}' for s in secs)} | {ratio} | {wall:.1f} s |")
     lines += ["", END]
     table = "\n".join(lines)
-    text = DOC.read_text() if DOC.exists() else ""
-    text = (re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: table, text, flags=re.S)
-            if START in text else text + ("\n" if text else "") + table + "\n")
-    DOC.write_text(text)
+    write_between(DOC, START, END, table)
     print(table)
     return table
 

@@ -11,12 +11,13 @@ wall time went and how busy the cores were.
 from __future__ import annotations
 
 import os
-import re
 import resource
 import time
 from pathlib import Path
 
 import pytest
+
+from . import write_between
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "suite.md"
 START, END = "<!-- suite_time table: python -m pytest -q -p bench.suite_time -->", "<!-- end suite_time table -->"
@@ -81,7 +82,4 @@ def pytest_sessionfinish(session):
         cpu = None  # the workers were not reaped yet: their time is unknown here, so it is not shown
     command = " ".join(["python -m pytest", *session.config.invocation_params.args])
     table = render(_spans, _t0, wall, cpu, _outcomes, command)
-    text = DOC.read_text() if DOC.exists() else ""
-    text = (re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: table, text, flags=re.S)
-            if START in text else text + ("\n" if text else "") + table + "\n")
-    DOC.write_text(text)
+    write_between(DOC, START, END, table)
