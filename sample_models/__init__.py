@@ -81,13 +81,24 @@ def recovery_claim(entry: dict) -> dict | None:
     return dict(rec) if rec and "flagged" in rec else None
 
 
+def describe_recovery(nc: dict) -> str:
+    """"150 steps per label": Neural Cleanse's settings as a person reads them."""
+    parts = [f"{nc['steps']} steps per label"] if "steps" in nc else []
+    parts += [f"{nc['batch_size']} images per step"] if "batch_size" in nc else []
+    parts += [f"mask size weight {nc['lam']:g}"] if "lam" in nc else []
+    return ", ".join(parts)
+
+
 def recovery_sentence(entry: dict, claim: dict) -> str:
-    """A sample's trigger-recovery claim as a sentence, with its RNP settings as a person reads them."""
+    """A sample's trigger-recovery claim as a sentence, with its RNP and Neural Cleanse settings as a
+    person reads them."""
     rnp = claim["settings"].get("rnp") or {}
     how = f" ({describe_settings(rnp)})" if rnp else ""
+    nc = describe_recovery(claim["settings"].get("nc") or {})
+    nc = f" ({nc})" if nc else ""
     target = entry["target"]
     found = ("flags" if target in claim["flagged"] else "does not flag") + f" label {target}, the attacker's target"
-    return (f"Neural Cleanse on RNP's unlearned model{how} {found} (anomaly index {claim['anomaly']:.2f}), and the "
+    return (f"Neural Cleanse{nc} on RNP's unlearned model{how} {found} (anomaly index {claim['anomaly']:.2f}), and the "
             f"trigger it recovers for it flips {100 * claim['asr_original']:.1f}% of the original model's clean "
             f"images to {target}.")
 

@@ -2,6 +2,7 @@
 
     python -m sample_models.efficacy                  # every sample
     python -m sample_models.efficacy cnn_badnets_centre
+    python -m sample_models.efficacy cnn_badnets --only recovery   # one claim; the rest stay as recorded
 
 Each entry's ``defenses`` names the defenses measured on it and the settings used (the paper's
 defaults except what is named, e.g. ANP's iteration count). For each, ``efficacy`` records
@@ -98,17 +99,25 @@ def meets_bar(entry: dict, cut: dict, asr: float = 0.02, drop: float = 0.02) -> 
 
 
 def main(argv=None):
-    names = (argv if argv is not None else sys.argv[1:]) or list(catalog())
+    args = list(argv if argv is not None else sys.argv[1:])
+    only = None
+    if "--only" in args:  # re-measure one claim, keep the rest as recorded
+        i = args.index("--only")
+        only = args[i + 1]
+        del args[i:i + 2]
+    names = args or list(catalog())
     data = load_dataset("mnist5k")
     entries = dict(catalog())
     for name in names:
         entry = dict(entries[name])
-        eff = {}
+        eff = {} if only is None else dict(entry.get("efficacy") or {})
         for defense, settings in entry.get("defenses", {}).items():
+            if only not in (None, defense):
+                continue
             eff[defense] = measure(name, defense, settings, data)
             print(f"{name} {defense}: {eff[defense]}", flush=True)
         entry["efficacy"] = eff
-        if entry.get("recovery"):
+        if entry.get("recovery") and only in (None, "recovery"):
             entry["recovery"] = measure_recovery(name, entry["recovery"]["settings"], data)
             print(f"{name} trigger recovery: {entry['recovery']}", flush=True)
         entries[name] = entry

@@ -257,12 +257,12 @@ def test_a_showcase_measured_off_the_papers_values_puts_both_one_click_away(runs
 def test_a_trigger_recovery_claim_reads_as_a_sentence_with_its_settings():
     from sample_models import recovery_sentence
 
-    claim = {"settings": {"rnp": {"unlearn_lr": 0.001}, "nc": {}}, "flagged": [0], "anomaly": 3.1234,
+    claim = {"settings": {"rnp": {"unlearn_lr": 0.001}, "nc": {"steps": 150}}, "flagged": [0], "anomaly": 3.1234,
              "asr_original": 0.8784}
     assert recovery_sentence({"target": 0}, claim) == (
-        "Neural Cleanse on RNP's unlearned model (unlearning learning rate 0.001) flags label 0, the attacker's "
-        "target (anomaly index 3.12), and the trigger it recovers for it flips 87.8% of the original model's clean "
-        "images to 0.")
+        "Neural Cleanse (150 steps per label) on RNP's unlearned model (unlearning learning rate 0.001) flags label 0, "
+        "the attacker's target (anomaly index 3.12), and the trigger it recovers for it flips 87.8% of the original "
+        "model's clean images to 0.")
     missed = recovery_sentence({"target": 3}, {**claim, "settings": {"rnp": {}}})
     assert missed.startswith("Neural Cleanse on RNP's unlearned model does not flag label 3")
 
@@ -275,14 +275,18 @@ def test_a_sample_with_a_recovery_claim_offers_its_rnp_settings_and_says_what_th
     at.query_params["sample"] = "cnn_badnets"
     at.run()
     no_exception(at, "model page")
-    assert any(m.value.startswith("**Trigger recovery.** Neural Cleanse on RNP's unlearned model") for m in at.markdown)
+    assert any(m.value.startswith("**Trigger recovery.** Neural Cleanse (150 steps per label) on RNP's unlearned model")
+               for m in at.markdown)
     at.switch_page("views/defend.py").run()
     at.selectbox(key="defense").set_value("rnp").run()
     at.button(key="measured").click().run()
     no_exception(at, "defend measured")
     assert at.session_state["cfg_rnp_unlearn_lr"] == claim["settings"]["rnp"]["unlearn_lr"]
+    # the Neural Cleanse settings the claim was measured with go with it, and the widget shows them
+    assert at.number_input(key="recovery_steps").value == claim["settings"]["nc"]["steps"] == 150
     assert any(c.value.startswith("Trigger recovery on this sample: Neural Cleanse") for c in at.caption)
     at.button(key="paper").click().run()
     assert at.session_state["cfg_rnp_unlearn_lr"] == 0.01
+    assert at.number_input(key="recovery_steps").value == 300
     at.selectbox(key="defense").set_value("anp").run()  # no claim for ANP on the hard case
     assert not [b for b in at.button if b.key == "measured"]

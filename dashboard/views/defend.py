@@ -7,7 +7,7 @@ import torch
 from dashboard import cache, figures
 from dashboard.common import RECOVERED_ON, USER_ERRORS, current_choice, fmt_rate, page_link, show_error
 from dashboard.modelsetup import user_message
-from dashboard.recovery_form import recovery_settings
+from dashboard.recovery_form import recovery_settings, use_recovery_settings
 from dashboard.config_form import below_paper, paper_defaults, render, widget_key
 from dashboard.liveview import finished_cut, live_score_label, live_view, status_line
 from dashboard.rundata import cut_cost_warning, describe_run, is_finished, neurons, run_path, runs_dir
@@ -16,7 +16,7 @@ from defenses.base import all_defenses, config_from_dict
 from defenses.runs.estimate import human_seconds
 from defenses.labels import describe_settings
 from defenses.runs.folder import RECOVER_ON, RunRequest, cancel_run, list_runs, read_status, start_run
-from sample_models import catalog, measured_settings, recovery_claim, recovery_sentence
+from sample_models import catalog, describe_recovery, measured_settings, recovery_claim, recovery_sentence
 
 st.title("Defend")
 choice = current_choice()
@@ -40,6 +40,14 @@ def _use_preset(defense: str, preset: dict) -> None:
     for field, value in preset.items():
         st.session_state[widget_key(defense, field)] = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) \
             else value
+
+
+def _use_claim(defense: str, preset: dict, recovery: dict | None) -> None:
+    """A claim's settings; for a trigger-recovery claim, the Neural Cleanse settings it was measured
+    with too (``{}``: the defaults; None: leave them)."""
+    _use_preset(defense, preset)
+    if recovery is not None:
+        use_recovery_settings(recovery)
 
 
 def show_estimate(request: RunRequest, recover: bool, recovery_cost) -> None:
@@ -83,10 +91,12 @@ with st.expander("Hyperparameters (defaults are the paper's)" + (" · a run is g
     if measured:  # a claim measured off the paper's values: both one click away
         paper = {k: v for k, v in paper_defaults(info.config_cls).items() if k in measured}
         # one under the other, full width: side by side their labels are cut at 1000 px
-        st.button(f"Use this sample's measured settings ({describe_settings(measured)})", key="measured",
-                  on_click=_use_preset, args=(name, measured), icon=":material/verified:")
-        st.button(f"Back to the paper's ({describe_settings(paper)})", key="paper", on_click=_use_preset,
-                  args=(name, paper), icon=":material/menu_book:")
+        nc = (claim["settings"].get("nc") or {}) if claim else None  # a claim's Neural Cleanse settings go with it
+        said = ", ".join(filter(None, [describe_settings(measured), describe_recovery(nc or {})]))
+        st.button(f"Use this sample's measured settings ({said})", key="measured", on_click=_use_claim,
+                  args=(name, measured, nc), icon=":material/verified:")
+        st.button(f"Back to the paper's ({describe_settings(paper)})", key="paper", on_click=_use_claim,
+                  args=(name, paper, {} if claim else None), icon=":material/menu_book:")
         st.caption(f"Trigger recovery on this sample: {recovery_sentence(entry, claim)}" if claim else
                    f"The Model page's efficacy table for this sample was measured with {describe_settings(measured)}.")
     try:

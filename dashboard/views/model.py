@@ -71,8 +71,8 @@ if source == "Sample model":
         rows = efficacy_rows(entry)
         claim = recovery_claim(entry)
         if claim:
-            st.markdown(f"**Trigger recovery.** {recovery_sentence(entry, claim)} The Defend page sets RNP to these "
-                        "settings in one click; the Triggers page draws the result.")
+            st.markdown(f"**Trigger recovery.** {recovery_sentence(entry, claim)} The Defend page sets RNP and Neural "
+                        "Cleanse to these settings in one click; the Triggers page draws the result.")
         if rows:
             with st.expander("What each defense did on this sample (measured when it was trained, test split)",
                              expanded=role == "showcase"):
