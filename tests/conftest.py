@@ -17,9 +17,9 @@ sys.path.insert(0, os.path.dirname(__file__))  # so tests can import the planted
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 # The longest files first, so that the two workers finish together instead of one running the
-# longest file alone at the end; every other file keeps its place (pytest --durations=0 on idle
-# cores: the trigger-recovery claim 282 s, the pruning claims 366 s, the browser 154 s, the demos
-# 66 s; docs/suite.md).
+# longest file alone at the end; every other file keeps its place (a fresh clone's run on idle
+# cores, two workers: the pruning claims 463 s, the trigger-recovery claim 290 s, side by side; then
+# the browser 116 s, the demos 145 s; docs/suite.md).
 LONGEST_FIRST = ("test_showcase_recovery.py", "test_showcase.py", "test_browser.py", "test_demo.py",
                  "test_zoo_scan.py", "test_scan.py", "test_anp.py")
 
