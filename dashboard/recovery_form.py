@@ -20,9 +20,10 @@ def use_recovery_settings(params: dict, key: str = "recovery") -> None:
         st.session_state[f"{key}_{suffix}"] = full[field]
 
 
-def recovery_settings(key: str = "recovery") -> dict:
+def recovery_settings(key: str = "recovery", measured: dict | None = None) -> dict:
     """Steps per label, images per step and the mask weight; returns the settings as
-    ``recovery_params`` (defaults: Neural Cleanse's)."""
+    ``recovery_params`` (defaults: Neural Cleanse's). ``measured``: the settings a sample's claim was
+    measured with, which get no warning for being below the default."""
     nc = TriggerRecoveryConfig()
     # Starting values go into Session State, not ``value``: a sample's measured settings (the Defend
     # page's one click) set them there before the widgets exist.
@@ -39,7 +40,10 @@ def recovery_settings(key: str = "recovery") -> dict:
     params["lam"] = float(s3.number_input(
         "Mask size weight λ", min_value=0.0, max_value=100.0, step=0.005, format="%.4f",
         key=f"{key}_lam", help="Weight of the mask's L1 norm: larger keeps recovered triggers smaller."))
-    if params["steps"] < nc.steps:
+    if measured and params["steps"] == measured.get("steps"):
+        st.caption(f"{params['steps']} steps per label: what this sample's trigger-recovery claim was measured with "
+                   f"(the default is {nc.steps}).")
+    elif params["steps"] < nc.steps:
         st.caption(f":material/warning: {params['steps']} steps per label is below Neural Cleanse's "
                    f"{nc.steps}: an unfinished trigger can flag the wrong label, or none.")
     return params

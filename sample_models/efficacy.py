@@ -15,12 +15,12 @@ numbers are written beside them. The test suite re-measures the showcase claims
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-import sys
 import time
 
-from defenses.base import config_from_dict, get_defense
+from defenses.base import all_defenses, config_from_dict, get_defense
 from defenses.readers.data import load_dataset
 from defenses.evaluation import defense_cuts
 from defenses.neurons import find_neurons
@@ -99,13 +99,16 @@ def meets_bar(entry: dict, cut: dict, asr: float = 0.02, drop: float = 0.02) -> 
 
 
 def main(argv=None):
-    args = list(argv if argv is not None else sys.argv[1:])
-    only = None
-    if "--only" in args:  # re-measure one claim, keep the rest as recorded
-        i = args.index("--only")
-        only = args[i + 1]
-        del args[i:i + 2]
-    names = args or list(catalog())
+    p = argparse.ArgumentParser(description="Measure the defenses on the shipped samples into the catalog.")
+    p.add_argument("names", nargs="*", help="samples (default: every one)")
+    p.add_argument("--only", choices=[*all_defenses(), "recovery"],
+                   help="re-measure this one claim of each sample and keep the rest as recorded")
+    args = p.parse_args(argv)
+    only = args.only
+    unknown = sorted(set(args.names) - set(catalog()))
+    if unknown:
+        p.error(f"no sample named {', '.join(unknown)}")
+    names = args.names or list(catalog())
     data = load_dataset("mnist5k")
     entries = dict(catalog())
     for name in names:

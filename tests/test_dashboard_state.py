@@ -279,11 +279,14 @@ def test_a_sample_with_a_recovery_claim_offers_its_rnp_settings_and_says_what_th
                for m in at.markdown)
     at.switch_page("views/defend.py").run()
     at.selectbox(key="defense").set_value("rnp").run()
+    at.checkbox(key="recover_triggers_rnp").uncheck().run()  # the click ticks it again, as the claim ran
     at.button(key="measured").click().run()
     no_exception(at, "defend measured")
     assert at.session_state["cfg_rnp_unlearn_lr"] == claim["settings"]["rnp"]["unlearn_lr"]
     # the Neural Cleanse settings the claim was measured with go with it, and the widget shows them
     assert at.number_input(key="recovery_steps").value == claim["settings"]["nc"]["steps"] == 150
+    assert at.checkbox(key="recover_triggers_rnp").value and at.radio(key="recover_on").value == "unlearned"
+    assert not at.warning  # no Streamlit warning about widgets set through Session State
     assert any(c.value.startswith("Trigger recovery on this sample: Neural Cleanse") for c in at.caption)
     at.button(key="paper").click().run()
     assert at.session_state["cfg_rnp_unlearn_lr"] == 0.01

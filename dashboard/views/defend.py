@@ -42,12 +42,16 @@ def _use_preset(defense: str, preset: dict) -> None:
             else value
 
 
-def _use_claim(defense: str, preset: dict, recovery: dict | None) -> None:
+def _use_claim(defense: str, preset: dict, recovery: dict | None, claim: bool = False) -> None:
     """A claim's settings; for a trigger-recovery claim, the Neural Cleanse settings it was measured
-    with too (``{}``: the defaults; None: leave them)."""
+    with too (``{}``: the defaults; None: leave them), and with ``claim`` recovery ticked, on the
+    unlearned model, as the claim ran it."""
     _use_preset(defense, preset)
     if recovery is not None:
         use_recovery_settings(recovery)
+    if claim:
+        st.session_state[f"recover_triggers_{defense}"] = True
+        st.session_state["recover_on"] = "unlearned"
 
 
 def show_estimate(request: RunRequest, recover: bool, recovery_cost) -> None:
@@ -92,10 +96,11 @@ with st.expander("Hyperparameters (defaults are the paper's)" + (" · a run is g
         paper = {k: v for k, v in paper_defaults(info.config_cls).items() if k in measured}
         # one under the other, full width: side by side their labels are cut at 1000 px
         nc = (claim["settings"].get("nc") or {}) if claim else None  # a claim's Neural Cleanse settings go with it
-        said = ", ".join(filter(None, [describe_settings(measured), describe_recovery(nc or {})]))
+        said = describe_settings(measured) + (f"; Neural Cleanse {describe_recovery(nc)}" if nc else "")
         st.button(f"Use this sample's measured settings ({said})", key="measured", on_click=_use_claim,
-                  args=(name, measured, nc), icon=":material/verified:")
-        st.button(f"Back to the paper's ({describe_settings(paper)})", key="paper", on_click=_use_claim,
+                  args=(name, measured, nc, bool(claim)), icon=":material/verified:")
+        paper_said = describe_settings(paper) + ("; Neural Cleanse's defaults" if claim else "")
+        st.button(f"Back to the paper's ({paper_said})", key="paper", on_click=_use_claim,
                   args=(name, paper, {} if claim else None), icon=":material/menu_book:")
         st.caption(f"Trigger recovery on this sample: {recovery_sentence(entry, claim)}" if claim else
                    f"The Model page's efficacy table for this sample was measured with {describe_settings(measured)}.")
@@ -114,13 +119,14 @@ with st.expander("Hyperparameters (defaults are the paper's)" + (" · a run is g
 # The optional stages first, full width (their labels are cut off in a column at 1000 px), then
 # the device and Start on one row.
 with st.container():
-    recover = st.checkbox("Then recover the trigger per label (Neural Cleanse)", value=name == "rnp",
-                          key=f"recover_triggers_{name}",
+    # Its starting value in Session State, not ``value``: a claim's one click ticks it before it exists.
+    st.session_state.setdefault(f"recover_triggers_{name}", name == "rnp")
+    recover = st.checkbox("Then recover the trigger per label (Neural Cleanse)", key=f"recover_triggers_{name}",
                           help="Slow on a CPU: a mask and pattern are optimised for every label in turn.")
     recovery_cost = st.empty()  # its measured cost, once the estimate below is made
     recover_on, recovery_params = "original", {}
     if recover:
-        recovery_params = recovery_settings()
+        recovery_params = recovery_settings(measured=(claim["settings"].get("nc") or None) if claim else None)
     if recover and name == "rnp":
         recover_on = st.radio("Recover it on", RECOVER_ON, horizontal=True, key="recover_on",
                               format_func=RECOVERED_ON.get,
