@@ -25,7 +25,9 @@ def test_trigger_recovered_on_the_unlearned_model_flips_the_original(name, mnist
     # Not bit for bit across machines, unlike the pruning claims: Neural Cleanse's Adam steps amplify
     # the last bits of the CPU's float kernels. At 300 steps per label the same code and weights on two
     # threads gave anomaly 4.35 and 87.8% on one machine, 4.00 and 88.3% on an AVX-512 machine, 4.08
-    # and 87.4% there with its kernels capped at AVX2 (docs/recovery.md, finding 7). The bar above and
-    # the flagged labels are exact; the numbers must agree within that spread.
+    # and 87.4% there with its kernels capped at AVX2 (docs/recovery.md, finding 7): up to 8% of the
+    # index apart. At the recorded 150 steps: 6.14 and 87.0% on the AVX-512 machine (the catalog's),
+    # 5.62 and 87.4% capped at AVX2 (finding 8), 8.5% apart. The bar above and the flagged labels are
+    # exact; the numbers must agree within that spread.
     assert got["asr_original"] == pytest.approx(recorded["asr_original"], abs=0.01), (got, recorded)
-    assert got["anomaly"] == pytest.approx(recorded["anomaly"], abs=0.5), (got, recorded)
+    assert got["anomaly"] == pytest.approx(recorded["anomaly"], rel=0.1), (got, recorded)
