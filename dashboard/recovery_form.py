@@ -2,8 +2,6 @@
 finished run) both ask for them: the same widgets, labels and warnings in both places."""
 from __future__ import annotations
 
-import dataclasses
-
 import streamlit as st
 
 from defenses.methods.trigger_recovery import TriggerRecoveryConfig
@@ -15,9 +13,9 @@ FIELDS = {"steps": "steps", "batch_size": "batch", "lam": "lam"}  # a setting's 
 def use_recovery_settings(params: dict, key: str = "recovery") -> None:
     """Set the widgets below to ``params`` (the defaults where a setting is not named): a button's
     callback, before the widgets exist."""
-    full = {**dataclasses.asdict(TriggerRecoveryConfig()), **params}
+    nc = TriggerRecoveryConfig()
     for field, suffix in FIELDS.items():
-        st.session_state[f"{key}_{suffix}"] = full[field]
+        st.session_state[f"{key}_{suffix}"] = params.get(field, getattr(nc, field))
 
 
 def recovery_settings(key: str = "recovery", measured: dict | None = None) -> dict:

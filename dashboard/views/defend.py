@@ -92,13 +92,13 @@ with st.expander("Hyperparameters (defaults are the paper's)" + (" · a run is g
     claim = recovery_claim(entry) if name == "rnp" and not measured else None
     if claim:  # the sample's trigger-recovery claim names the RNP settings its unlearned model had
         measured = claim["settings"].get("rnp") or None
+    claim_nc = (claim["settings"].get("nc") or {}) if claim else None  # and its Neural Cleanse settings
     if measured:  # a claim measured off the paper's values: both one click away
         paper = {k: v for k, v in paper_defaults(info.config_cls).items() if k in measured}
         # one under the other, full width: side by side their labels are cut at 1000 px
-        nc = (claim["settings"].get("nc") or {}) if claim else None  # a claim's Neural Cleanse settings go with it
-        said = describe_settings(measured) + (f"; Neural Cleanse {describe_recovery(nc)}" if nc else "")
+        said = describe_settings(measured) + (f"; Neural Cleanse {describe_recovery(claim_nc)}" if claim_nc else "")
         st.button(f"Use this sample's measured settings ({said})", key="measured", on_click=_use_claim,
-                  args=(name, measured, nc, bool(claim)), icon=":material/verified:")
+                  args=(name, measured, claim_nc, bool(claim)), icon=":material/verified:")
         paper_said = describe_settings(paper) + ("; Neural Cleanse's defaults" if claim else "")
         st.button(f"Back to the paper's ({paper_said})", key="paper", on_click=_use_claim,
                   args=(name, paper, {} if claim else None), icon=":material/menu_book:")
@@ -126,7 +126,7 @@ with st.container():
     recovery_cost = st.empty()  # its measured cost, once the estimate below is made
     recover_on, recovery_params = "original", {}
     if recover:
-        recovery_params = recovery_settings(measured=(claim["settings"].get("nc") or None) if claim else None)
+        recovery_params = recovery_settings(measured=claim_nc)
     if recover and name == "rnp":
         recover_on = st.radio("Recover it on", RECOVER_ON, horizontal=True, key="recover_on",
                               format_func=RECOVERED_ON.get,
